@@ -20,7 +20,6 @@ from pathlib import Path
 import attrs
 import pytest
 
-from agentrunner import settings as settings_module
 from agentrunner.settings import (
     DERIVED,
     DIFFERS_FROM_REFERENCE,
@@ -38,7 +37,7 @@ REFERENCE = REPO.parent / "shared" / "seed" / "configuration-reference.md"
 README = REPO / "README.md"
 DOCS = REPO / "docs" / "configuration.md"
 ENV_EXAMPLE = REPO / ".env.example"
-SETTINGS_PY = Path(settings_module.__file__).resolve()
+SETTINGS_PY = (REPO / "core" / "agentrunner" / "settings.py").resolve()
 README_START, README_END = "<!-- settings:start -->", "<!-- settings:end -->"
 WRITE_HINT = "regenerate with: python tests/test_settings_reference.py --write"
 
