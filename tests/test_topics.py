@@ -6,9 +6,10 @@ Every row of EDGE_CASES is also replayed against a real broker by tests/test_top
 from __future__ import annotations
 
 import pytest
-from agentrunner.topics import MAX_PATTERN_BYTES, TopicTrie, split_words, topic_matches, validate_pattern
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from agentrunner.topics import MAX_PATTERN_BYTES, TopicTrie, split_words, topic_matches, validate_pattern
 
 # (pattern, routing key, matches?)
 EDGE_CASES: list[tuple[str, str, bool]] = [

@@ -11,7 +11,8 @@ See ``docs/plugin-hooks.md`` for one example per hook.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 

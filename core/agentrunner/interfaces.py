@@ -7,7 +7,7 @@ any of them could move to its own distribution unchanged.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import attrs
@@ -147,9 +147,9 @@ class Gateway(Protocol):
 class BackendFactory(Protocol):
     """An event bus, state store or cache backend, registered by name.
 
-    ``distribution`` is the pip distribution that provides it (shown when it
-    is selected but missing); calling the factory with the settings opens
-    nothing yet — ``await backend.start()`` does.
+    Calling the factory with the settings builds the backend without opening
+    anything; ``await backend.start()`` connects and ``await backend.stop()``
+    closes. ``await backend.health()`` raises when the backend is unusable.
     """
 
     name: ClassVar[str] | str
@@ -162,6 +162,174 @@ StateStoreFactory = BackendFactory
 CacheFactory = BackendFactory
 
 
+# --- Backends -------------------------------------------------------------------
+
+
+@attrs.frozen
+class Event:
+    """A message on the event bus.
+
+    ``headers`` carry what travels with a message: ``trace_id``, the chain
+    ``depth`` and ``origin_agent`` of an event caused by an execution, and the
+    bus's ``delivery_count`` (1 on first delivery).
+    """
+
+    routing_key: str
+    payload: Any
+    headers: Mapping[str, Any] = attrs.field(factory=dict)
+    message_id: str = ""
+
+
+EventHandler = Callable[[Event], Awaitable[None]]
+
+
+class Subscription(Protocol):
+    """A consumer on a named queue; its bindings can change while it runs."""
+
+    async def bind(self, pattern: str) -> None: ...
+
+    async def unbind(self, pattern: str) -> None: ...
+
+    async def cancel(self) -> None: ...
+
+
+class EventBus(Protocol):
+    """Topic routing with the matching rules of a RabbitMQ topic exchange.
+
+    Queues are named; every message published is copied to each queue with a
+    binding pattern that matches its routing key, and consumers of one queue
+    compete for its messages. A handler that returns acknowledges the message;
+    one that raises has it delivered again, up to ``max_deliveries`` times, then
+    dead-lettered. ``publish`` returns once the bus has accepted the message.
+    """
+
+    name: ClassVar[str] | str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self) -> None: ...
+
+    async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None) -> None: ...
+
+    async def subscribe(
+        self, queue: str, patterns: Sequence[str], handler: EventHandler, *, concurrency: int = 1,
+        exclusive: bool = False,
+    ) -> Subscription:
+        """Consume ``queue`` (created if missing, bound to ``patterns``) with ``concurrency``
+        handlers at a time. An ``exclusive`` queue belongs to this subscription and is
+        deleted when it is cancelled; other queues keep their messages while nobody consumes."""
+
+    async def queue_depth(self, queue: str) -> int: ...
+
+
+class StateStore(Protocol):
+    """Executions, agent state, schedules and dead letters (``agentrunner.records``).
+
+    Writes on the task path must not serialise the platform: a backend batches
+    them or runs them concurrently. Every method may raise ``StoreUnavailable``.
+    """
+
+    name: ClassVar[str] | str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self) -> None: ...
+
+    # executions
+    async def create_execution(self, execution: Any) -> tuple[Any, bool]:
+        """Store a new execution; with an idempotency key already used by the same agent,
+        return ``(the first execution, False)`` instead (enforced by a unique constraint)."""
+
+    async def get_execution(self, execution_id: str) -> Any | None: ...
+
+    async def update_execution(self, execution_id: str, *, expect_status: Sequence[str] | None = None,
+                               **fields: Any) -> bool:
+        """Set ``fields``; with ``expect_status`` only when the current status is one of them.
+        Returns whether a row changed (a compare-and-set for status transitions)."""
+
+    async def list_executions(self, *, agent_name: str | None = None, status: str | None = None,
+                              limit: int = 50, cursor: str | None = None) -> tuple[list[Any], str | None]:
+        """Newest first; returns the page and the cursor of the next page (None at the end)."""
+
+    async def executions_with_status(self, statuses: Sequence[str]) -> list[Any]:
+        """Executions in these statuses (recovery after a restart)."""
+
+    # agent state
+    async def get_state(self, agent_name: str) -> Any | None: ...
+
+    async def put_state(self, state: Any, *, expect_version: int | None = None) -> Any:
+        """Write an agent's state, bumping its version; with ``expect_version`` refuse
+        (``StateConflict``) when the stored version differs."""
+
+    async def delete_state(self, agent_name: str) -> bool: ...
+
+    # schedules
+    async def upsert_schedule(self, schedule: Any) -> None: ...
+
+    async def get_schedule(self, name: str) -> Any | None: ...
+
+    async def list_schedules(self) -> list[Any]: ...
+
+    async def delete_schedule(self, name: str) -> bool: ...
+
+    async def claim_schedule_tick(self, name: str, fire_time: Any) -> bool:
+        """True for exactly one caller per (schedule, fire time), across processes."""
+
+    # dead letters
+    async def add_dead_letter(self, item: Any) -> None: ...
+
+    async def list_dead_letters(self) -> list[Any]: ...
+
+    async def get_dead_letter(self, item_id: str) -> Any | None: ...
+
+    async def delete_dead_letter(self, item_id: str) -> bool: ...
+
+
+class Cache(Protocol):
+    """A key/value cache with per-key TTLs; values are JSON-able. Misses return None."""
+
+    name: ClassVar[str] | str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def health(self) -> None: ...
+
+    async def get(self, key: str) -> Any | None: ...
+
+    async def set(self, key: str, value: Any, ttl: float | None = None) -> None: ...
+
+    async def delete(self, key: str) -> None: ...
+
+
+class StoreUnavailable(Exception):
+    """The state store cannot be reached; the operation may be retried later."""
+
+
+class StateConflict(Exception):
+    """An agent's state changed since it was read (optimistic concurrency)."""
+
+
 def mode_config_section(mode: Any) -> tuple[str | None, type | None]:
     """The YAML section an execution mode owns and its attrs class, or ``(None, None)``."""
     return getattr(mode, "config_section", None), getattr(mode, "config_type", None)
+
+
+class ProviderError(Exception):
+    """A provider call failed. ``retryable`` errors (429, 5xx, connection, timeout) are
+    retried with the agent's ``retry_config``, waiting at least ``retry_after`` seconds
+    when the provider said so; the others end the execution ``failed``.
+    The message must never contain a credential.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, retry_after: float | None = None,
+                 status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status

@@ -24,6 +24,9 @@ DEFAULT_PLUGINS: dict[str, str] = {
     "function-tool": "agentrunner.default_plugins.function_tool",
     "api-tool": "agentrunner.default_plugins.api_tool",
     "modes": "agentrunner.default_plugins.modes",
+    "memory-bus": "agentrunner.default_plugins.memory_bus",
+    "sqlite-store": "agentrunner.default_plugins.sqlite_store",
+    "memory-cache": "agentrunner.default_plugins.memory_cache",
 }
 
 #: Which distribution provides a well-known component that is not built in.

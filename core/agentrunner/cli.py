@@ -1,0 +1,241 @@
+"""The ``agentrunner`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from agentrunner import __version__
+
+
+class _Context:
+    """What the sub-commands share: settings and plugins, loaded on first use."""
+
+    def __init__(self) -> None:
+        self._settings = None
+
+    def settings(self):
+        from agentrunner.settings import SettingsError, load_settings
+
+        if self._settings is None:
+            try:
+                self._settings = load_settings()
+            except SettingsError as exc:
+                _fail_lines(["✗ environment: " + problem for problem in exc.problems])
+        return self._settings
+
+    def plugins(self):
+        from agentrunner.plugins import PluginError, Registry, make_plugin_manager
+
+        try:
+            pm = make_plugin_manager(self.settings().agentrunner_disabled_plugins)
+            return pm, Registry.from_plugin_manager(pm)
+        except PluginError as exc:
+            _fail_lines([f"✗ plugins: {exc}"])
+
+
+def _fail_lines(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(line, err=True)
+    sys.exit(1)
+
+
+def _agents_dir(config_dir: str | None, settings) -> Path:
+    return Path(config_dir) / "agents" if config_dir else Path(settings.config_agents_dir)
+
+
+def _platform(obj: _Context, config_dir: str | None):
+    """Build the platform, or exit with the reason (a backend plugin missing, production checks)."""
+    from agentrunner.runtime import Platform, PlatformError
+
+    settings = obj.settings()
+    problems = settings.production_problems()
+    if problems:
+        _fail_lines([f"✗ environment: {problem}" for problem in problems])
+    pm, registry = obj.plugins()
+    try:
+        return Platform(settings, pm=pm, registry=registry, agents_dir=_agents_dir(config_dir, settings))
+    except PlatformError as exc:
+        _fail_lines([f"✗ {exc}"])
+
+
+def _setup_logging(settings) -> None:
+    import logging
+
+    logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="agentrunner")
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """agentrunner: run agents described in YAML over HTTP, Slack, schedules and events."""
+    ctx.ensure_object(_Context)
+
+
+@cli.command()
+@click.option("--config", "config_dir", metavar="DIR", help="Configuration directory (agents in DIR/agents).")
+@click.pass_obj
+def validate(obj: _Context, config_dir: str | None) -> None:
+    """Validate the agent files and the environment; exit 1 on any error."""
+    from agentrunner.agent_loader import LoaderOptions, load_agents, validate_agent_references
+
+    settings = obj.settings()
+    _pm, registry = obj.plugins()
+    directory = _agents_dir(config_dir, settings)
+    errors: list[str] = []
+    notes: list[str] = []
+    if not directory.is_dir():
+        errors.append(f"{directory}: agents directory not found (set CONFIG_AGENTS_DIR or --config)")
+        agents: dict = {}
+        warnings: list = []
+    else:
+        result = load_agents(directory, LoaderOptions.from_settings(settings), registry,
+                             recursive=settings.config_watch_recursive)
+        validate_agent_references(result)
+        agents = result.agents
+        errors += [str(problem) for problem in result.errors]
+        warnings = [str(problem) for problem in result.warnings]
+    errors += [f"environment: {problem}" for problem in settings.production_problems()]
+    notes += [f"environment: {note}" for note in settings.no_effect_set()]
+
+    click.echo(f"✓ Loaded {len(agents)} valid agent configurations")
+    for line in errors:
+        click.echo(f"✗ {line}")
+    for line in warnings:
+        click.echo(f"! {line}")
+    for line in notes:
+        click.echo(f"- {line}")
+    if errors:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def plugins(obj: _Context, as_json: bool) -> None:
+    """List installed plugins, their versions and the hooks they implement."""
+    from agentrunner.plugins import plugin_infos
+
+    pm, registry = obj.plugins()
+    infos = plugin_infos(pm)
+    for info in infos:
+        info["provides"] = sorted(f"{kind}:{name}" for (kind, name), owner in registry.owners.items()
+                                  if owner == info["name"])
+    if as_json:
+        click.echo(json.dumps(infos, indent=2))
+        return
+    for info in infos:
+        origin = "built in" if info["default"] else info["distribution"]
+        click.echo(f"{info['name']} {info['version']} ({origin})")
+        click.echo(f"  hooks: {', '.join(info['hooks']) or '-'}")
+        if info["provides"]:
+            click.echo(f"  provides: {', '.join(info['provides'])}")
+
+
+@cli.command()
+@click.option("--config", "config_dir", metavar="DIR", help="Configuration directory (agents in DIR/agents).")
+@click.option("--service", "services", multiple=True, metavar="NAME",
+              type=click.Choice(["state", "config", "orchestrator", "scheduler", "gateway"]),
+              help="Run only this service (repeatable); all five by default.")
+@click.pass_obj
+def serve(obj: _Context, config_dir: str | None, services: tuple[str, ...]) -> None:
+    """Run the platform: the HTTP services, the orchestrator and its workers."""
+    import asyncio
+
+    platform = _platform(obj, config_dir)
+    _setup_logging(platform.settings)
+    asyncio.run(_serve(platform, list(services) or None))
+
+
+async def _serve(platform, services: list[str] | None) -> None:
+    import asyncio
+    import signal
+
+    from agentrunner.services.server import start_services
+
+    consume = services is None or "orchestrator" in services
+    await platform.start(consume=consume)
+    runner = await start_services(platform, services)
+    agents = sorted(platform.config.agents)
+    click.echo(f"agentrunner {__version__}: {len(agents)} agents loaded: {', '.join(agents) or '-'}")
+    for problem in platform.config.errors:
+        click.echo(f"✗ {problem}")
+    for name, url in runner.urls:
+        click.echo(f"{name} listening on {url}")
+    click.echo(f"storage: {platform.store.name}, event bus: {platform.bus.name}, cache: {platform.cache.name}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    grace = platform.settings.shutdown_grace_period
+    click.echo(f"stopping: no new tasks; waiting up to {grace:g} s for running executions")
+    await platform.stop(grace)
+    await runner.close()
+    click.echo("stopped")
+
+
+@cli.command()
+@click.argument("agent")
+@click.argument("input")
+@click.option("--config", "config_dir", metavar="DIR", help="Configuration directory (agents in DIR/agents).")
+@click.option("--data", "data", metavar="JSON", help="The task's data, a JSON object.")
+@click.pass_obj
+def run(obj: _Context, agent: str, input: str, config_dir: str | None, data: str | None) -> None:
+    """Run one execution of AGENT with INPUT in-process; print its result, exit 1 on failure."""
+    import asyncio
+
+    try:
+        task_data = json.loads(data) if data else {}
+    except ValueError as exc:
+        _fail_lines([f"✗ --data: not valid JSON ({exc})"])
+    if not isinstance(task_data, dict):
+        _fail_lines(["✗ --data: must be a JSON object"])
+    platform = _platform(obj, config_dir)
+    sys.exit(asyncio.run(_run(platform, agent, input, task_data)))
+
+
+async def _run(platform, agent: str, input: str, data: dict) -> int:
+    from agentrunner.orchestrator import AgentNotFound
+
+    await platform.start(recover=False, watch=False)
+    try:
+        try:
+            execution, _ = await platform.orchestrator.submit(agent, input, data=data)
+        except AgentNotFound:
+            known = ", ".join(sorted(platform.config.agents)) or "none"
+            click.echo(f"✗ unknown agent {agent!r} (loaded: {known})", err=True)
+            for problem in platform.config.errors:
+                click.echo(f"✗ {problem}", err=True)
+            return 1
+        finished = await platform.orchestrator.wait(execution.execution_id, None)
+    finally:
+        await platform.stop()
+    if finished.status != "completed":
+        click.echo(f"✗ execution {finished.execution_id} {finished.status}: {finished.error_message}", err=True)
+        return 1
+    result = finished.result
+    click.echo(result if isinstance(result, str) else json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+def _add_plugin_commands(group: click.Group) -> None:
+    from agentrunner.plugins import PluginError, make_plugin_manager
+    from agentrunner.settings import SettingsError, load_settings
+
+    try:
+        pm = make_plugin_manager(load_settings().agentrunner_disabled_plugins)
+    except (PluginError, SettingsError):
+        return  # reported by the commands that need the settings and plugins
+    pm.hook.register_commands(cli=group)
+
+
+def main() -> None:
+    """Entry point of the ``agentrunner`` console script."""
+    _add_plugin_commands(cli)
+    cli(prog_name="agentrunner")

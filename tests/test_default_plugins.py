@@ -1,0 +1,169 @@
+"""The built-in components: echo provider, function/api tool validation, the four modes."""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+
+from agentrunner.default_plugins.api_tool import ApiToolType
+from agentrunner.default_plugins.echo import EchoProvider
+from agentrunner.default_plugins.function_tool import FunctionToolType
+from agentrunner.default_plugins.modes import (
+    AutonomousMode,
+    CollaborativeMode,
+    ContinuousMode,
+    ScheduledMode,
+)
+from agentrunner.interfaces import CompletionRequest, CompletionResponse, Message, Usage
+from agentrunner.schema import CollaborativeConfig, ContinuousConfig, LLMConfig
+
+
+async def test_echo_answers_with_the_last_user_message_and_counts_usage():
+    request = CompletionRequest(
+        llm_config=LLMConfig(provider="echo", model="echo"),
+        system_prompt="Be brief.",
+        messages=[Message("user", "first"), Message("assistant", "ok"), Message("user", "hello there")],
+    )
+    response = await EchoProvider().complete(request)
+    assert response.text == "hello there"
+    assert response.usage == Usage(input_tokens=2 + 1 + 1 + 2, output_tokens=2)
+    assert "".join([delta async for delta in EchoProvider().stream(request)]) == "hello there"
+
+
+@attrs.define
+class Tool:
+    function: str | None = None
+    url: str | None = None
+    method: str = "POST"
+    parameters: dict | None = None
+
+
+@pytest.mark.parametrize(("target", "problem"), [
+    ("json:dumps", None),
+    ("os.path:join", None),
+    ("json.dumps", "must look like package.module:callable"),
+    ("json:", "must look like package.module:callable"),
+    ("no_such_module_xyz:run", "module 'no_such_module_xyz' cannot be found"),
+])
+def test_function_tool_targets(target, problem):
+    problems = FunctionToolType().validate(Tool(function=target))
+    assert problems == [] if problem is None else (problems[0][0] == "function" and problem in problems[0][1])
+
+
+@pytest.mark.parametrize(("tool", "field"), [
+    (Tool(url="https://api.example.com/v1/search"), None),
+    (Tool(url="ftp://example.com/x"), "url"),
+    (Tool(url="/relative"), "url"),
+    (Tool(url="https://x.example", method="FETCH"), "method"),
+    (Tool(url="https://x.example", parameters={"type": "array"}), "parameters.type"),
+])
+def test_api_tool_validation(tool, field):
+    problems = ApiToolType().validate(tool)
+    assert [f for f, _ in problems] == ([] if field is None else [field])
+
+
+@attrs.define
+class FakeAgent:
+    name: str = "agent"
+    continuous_config: ContinuousConfig | None = None
+    collaborative_config: CollaborativeConfig | None = None
+
+
+@attrs.define
+class FakeTask:
+    input: object
+    data: dict = attrs.Factory(dict)
+
+
+@attrs.define
+class FakeContext:
+    """A scripted ctx: answers come from `answers` (or echo the prompt); submit returns '<agent>(<input>)'."""
+
+    agent: FakeAgent
+    task: FakeTask
+    state: dict = attrs.Factory(dict)
+    answers: list = attrs.Factory(list)
+    prompts: list = attrs.Factory(list)
+    submitted: list = attrs.Factory(list)
+
+    async def complete(self, messages):
+        self.prompts.append(list(messages))
+        if self.answers:
+            answer = self.answers.pop(0)
+            if isinstance(answer, Exception):
+                raise answer
+            return CompletionResponse(text=answer)
+        return CompletionResponse(text=messages[-1].content)
+
+    async def submit(self, agent_name, input):
+        self.submitted.append((agent_name, input))
+        return f"{agent_name}({input})"
+
+
+async def test_autonomous_and_scheduled_answer_the_task_input():
+    for mode in (AutonomousMode(), ScheduledMode()):
+        assert await mode.execute(FakeContext(FakeAgent(), FakeTask("hi"))) == "hi"
+        structured = await mode.execute(FakeContext(FakeAgent(), FakeTask({"b": 1, "a": 2})))
+        assert json.loads(structured) == {"a": 2, "b": 1}
+
+
+async def test_continuous_keeps_the_conversation_in_state_and_slides_the_window():
+    agent = FakeAgent(continuous_config=ContinuousConfig(max_conversation_history=2))
+    state: dict = {}
+    for text in ("one", "two", "three"):
+        ctx = FakeContext(agent, FakeTask(text), state=state)
+        assert await ContinuousMode().execute(ctx) == text
+    assert state["conversation_history"] == [{"user": "two", "assistant": "two"},
+                                             {"user": "three", "assistant": "three"}]
+    # the last call saw the history before it
+    assert [m.content for m in ctx.prompts[0]] == ["one", "one", "two", "two", "three"]
+
+
+async def test_continuous_summarises_dropped_turns_and_trims_when_summarising_fails():
+    config = ContinuousConfig(max_conversation_history=1, conversation_pruning_strategy="summarize")
+    agent = FakeAgent(continuous_config=config)
+    state = {"conversation_history": [{"user": "my name is Ann", "assistant": "hi Ann"}]}
+    ctx = FakeContext(agent, FakeTask("what is my name?"), state=state, answers=["Ann", "User is Ann."])
+    assert await ContinuousMode().execute(ctx) == "Ann"
+    assert state["conversation_summary"] == "User is Ann."
+    assert len(state["conversation_history"]) == 1
+    assert "my name is Ann" in ctx.prompts[1][0].content
+    failing = FakeContext(agent, FakeTask("again"), state=state, answers=["ok", RuntimeError("model down")])
+    await ContinuousMode().execute(failing)
+    assert len(state["conversation_history"]) == 1 and state["conversation_summary"] == "User is Ann."
+    assert failing.prompts[0][0].content.startswith("Summary of the earlier conversation:")
+
+
+async def test_collaborative_sequential_chains_the_collaborators():
+    config = CollaborativeConfig(preferred_collaborators=["a", "b", "c"], max_collaborators=2,
+                                 planning_strategy="sequential")
+    ctx = FakeContext(FakeAgent(collaborative_config=config), FakeTask("task"))
+    assert await CollaborativeMode().execute(ctx) == "b(a(task))"
+    assert ctx.prompts == []
+
+
+async def test_collaborative_consensus_asks_everyone_and_reconciles():
+    config = CollaborativeConfig(preferred_collaborators=["a", "b"], planning_strategy="consensus")
+    ctx = FakeContext(FakeAgent(collaborative_config=config), FakeTask("q"), answers=["final"])
+    assert await CollaborativeMode().execute(ctx) == "final"
+    assert sorted(ctx.submitted) == [("a", "q"), ("b", "q")]
+    assert "[a]\na(q)" in ctx.prompts[0][0].content and "[b]\nb(q)" in ctx.prompts[0][0].content
+
+
+async def test_collaborative_hierarchical_follows_the_models_plan_and_synthesises():
+    config = CollaborativeConfig(preferred_collaborators=["a", "b"], planning_strategy="hierarchical")
+    plan = json.dumps({"steps": [{"agent": "b", "instruction": "research"}, {"agent": "x", "instruction": "?"},
+                                 {"agent": "a", "instruction": "write"}]})
+    ctx = FakeContext(FakeAgent(collaborative_config=config), FakeTask("report"), answers=[plan, "done"])
+    assert await CollaborativeMode().execute(ctx) == "done"
+    assert ctx.submitted == [("b", "research"), ("a", "write")]  # the unknown agent 'x' is dropped
+    assert "b(research)" in ctx.prompts[1][0].content
+
+
+async def test_collaborative_hierarchical_falls_back_when_the_plan_is_not_json():
+    config = CollaborativeConfig(preferred_collaborators=["a", "b"], planning_strategy="hierarchical")
+    ctx = FakeContext(FakeAgent(collaborative_config=config), FakeTask("t"), answers=["no plan", "done"])
+    assert await CollaborativeMode().execute(ctx) == "done"
+    assert ctx.submitted == [("a", "t"), ("b", "t")]
