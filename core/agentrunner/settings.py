@@ -933,8 +933,8 @@ NO_EFFECT: dict[str, str] = {
                  "STATE_MANAGER_LOG_LEVEL", "CONFIG_SERVICE_LOG_LEVEL", "ORCHESTRATOR_LOG_LEVEL",
                  "SCHEDULER_LOG_LEVEL", "SLACK_GATEWAY_LOG_LEVEL", "LOG_FORMAT", "LOG_OUTPUT", "LOG_FILE_PATH",
                  "LOG_MAX_SIZE", "LOG_BACKUP_COUNT", "LOG_ROTATION"),
-    **_no_effect("the state stores do not compress or cache state yet", "STATE_COMPRESSION_ENABLED",
-                 "STATE_COMPRESSION_THRESHOLD", "STATE_CACHE_ENABLED", "STATE_CACHE_WRITE_THROUGH"),
+    **_no_effect("the state stores do not compress state yet", "STATE_COMPRESSION_ENABLED",
+                 "STATE_COMPRESSION_THRESHOLD"),
     **_no_effect("the orchestrator does not read it yet", "ORCHESTRATOR_WORKER_THREADS", "TASK_ROUTING_STRATEGY",
                  "AGENT_REGISTRATION_TIMEOUT", "AGENT_HEALTH_CHECK_INTERVAL", "AGENT_UNRESPONSIVE_THRESHOLD"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they

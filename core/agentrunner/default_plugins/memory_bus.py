@@ -1,0 +1,165 @@
+"""The in-memory event bus: a topic exchange inside one process.
+
+Routing follows RabbitMQ's topic exchange exactly (``agentrunner.topics``):
+each published message is copied to every queue with a matching binding, and
+the consumers of one queue compete for its messages. Payloads are serialised
+to JSON on publish, so what a consumer receives is what another bus would
+deliver, and a payload that is not JSON-able fails at the publisher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import agentrunner
+from agentrunner.interfaces import Event
+from agentrunner.records import new_id
+from agentrunner.topics import TopicTrie, validate_pattern
+
+log = logging.getLogger("agentrunner.bus.memory")
+
+#: Deliveries of one message before a handler that keeps failing has it dead-lettered.
+MAX_DELIVERIES = 5
+
+
+class _Queue:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.messages: asyncio.Queue[tuple[str, str, dict[str, Any], str, int]] = asyncio.Queue()
+        self.patterns: set[str] = set()
+        self.subscriptions = 0
+
+
+class _Subscription:
+    """A group of consumer tasks on one queue."""
+
+    def __init__(self, bus: MemoryEventBus, queue: _Queue, handler: Any, concurrency: int, exclusive: bool) -> None:
+        self._bus = bus
+        self._queue = queue
+        self._handler = handler
+        self._exclusive = exclusive
+        self._closed = False
+        self._idle: dict[asyncio.Task, bool] = {}
+        for _ in range(max(1, concurrency)):
+            task = asyncio.ensure_future(self._consume())
+            self._idle[task] = True
+
+    async def bind(self, pattern: str) -> None:
+        self._bus._bind(self._queue, pattern)
+
+    async def unbind(self, pattern: str) -> None:
+        self._bus._unbind(self._queue, pattern)
+
+    async def cancel(self) -> None:
+        """Stop taking messages; handlers already running finish their message."""
+        if self._closed:
+            return
+        self._closed = True
+        waiting = [task for task, idle in self._idle.items() if idle]
+        for task in waiting:
+            task.cancel()
+        # busy consumers end after their current message: waiting for them here could wait forever
+        await asyncio.gather(*waiting, return_exceptions=True)
+        self._queue.subscriptions -= 1
+        self._bus._subscriptions.remove(self)
+        if self._exclusive:
+            self._bus._delete_queue(self._queue)
+
+    async def _consume(self) -> None:
+        task = asyncio.current_task()
+        queue = self._queue
+        while not self._closed:
+            routing_key, body, headers, message_id, deliveries = await queue.messages.get()
+            self._idle[task] = False
+            event = Event(routing_key, json.loads(body), dict(headers, delivery_count=deliveries + 1), message_id)
+            try:
+                await self._handler(event)
+            except asyncio.CancelledError:
+                # stopped mid-message (the process is stopping): keep the message for another consumer
+                queue.messages.put_nowait((routing_key, body, headers, message_id, deliveries))
+                raise
+            except Exception:
+                if deliveries + 1 >= MAX_DELIVERIES:
+                    log.error("queue %s: message %s (%s) failed %d deliveries; dead-lettered", queue.name,
+                              message_id, routing_key, deliveries + 1, exc_info=True)
+                    self._bus.dead_letters.append(event)
+                else:
+                    log.warning("queue %s: handler failed on %s; delivering it again", queue.name, routing_key,
+                                exc_info=True)
+                    queue.messages.put_nowait((routing_key, body, headers, message_id, deliveries + 1))
+            finally:
+                self._idle[task] = True
+
+
+class MemoryEventBus:
+    """Topic routing between the components of one process (the embedded default)."""
+
+    name = "memory"
+
+    def __init__(self, settings: Any = None) -> None:
+        self._queues: dict[str, _Queue] = {}
+        self._trie = TopicTrie()
+        self._started = False
+        self._subscriptions: list[_Subscription] = []
+        #: messages whose handler kept failing (the bus-level dead letters)
+        self.dead_letters: list[Event] = []
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def stop(self) -> None:
+        for subscription in list(self._subscriptions):
+            await subscription.cancel()
+        self._started = False
+
+    async def health(self) -> None:
+        if not self._started:
+            raise ConnectionError("the in-memory event bus is not started")
+
+    async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None) -> None:
+        body = json.dumps(payload, ensure_ascii=False)
+        message_id = new_id()
+        for queue_name in self._trie.match(routing_key):
+            queue = self._queues[queue_name]
+            queue.messages.put_nowait((routing_key, body, dict(headers or {}), message_id, 0))
+
+    async def subscribe(self, queue: str, patterns: Sequence[str], handler: Any, *, concurrency: int = 1,
+                        exclusive: bool = False) -> _Subscription:
+        target = self._queues.get(queue)
+        if target is None:
+            target = self._queues[queue] = _Queue(queue)
+        for pattern in patterns:
+            self._bind(target, pattern)
+        target.subscriptions += 1
+        subscription = _Subscription(self, target, handler, concurrency, exclusive)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    async def queue_depth(self, queue: str) -> int:
+        target = self._queues.get(queue)
+        return target.messages.qsize() if target else 0
+
+    def _bind(self, queue: _Queue, pattern: str) -> None:
+        problem = validate_pattern(pattern)
+        if problem:
+            raise ValueError(f"cannot bind queue {queue.name!r}: {problem}")
+        queue.patterns.add(pattern)
+        self._trie.add(pattern, queue.name)
+
+    def _unbind(self, queue: _Queue, pattern: str) -> None:
+        queue.patterns.discard(pattern)
+        self._trie.remove(pattern, queue.name)
+
+    def _delete_queue(self, queue: _Queue) -> None:
+        for pattern in list(queue.patterns):
+            self._unbind(queue, pattern)
+        self._queues.pop(queue.name, None)
+
+
+@agentrunner.hookimpl
+def register_event_buses(register):
+    register(MemoryEventBus)

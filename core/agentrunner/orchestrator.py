@@ -1,0 +1,598 @@
+"""The AgentOrchestrator: from a submitted task to a stored result.
+
+A task is recorded as an execution (``queued``), published on the event bus
+under its mode's routing key, consumed by a worker slot, run by its execution
+mode, and its result or error stored; ``agent.execution.completed`` or
+``agent.execution.failed`` is published. The store is the source of truth: a
+message only names an execution, so a redelivered or recovered message never
+runs a finished execution again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from agentrunner.interfaces import (
+    CompletionRequest,
+    CompletionResponse,
+    Event,
+    Message,
+    ProviderError,
+    Usage,
+)
+from agentrunner.records import DeadLetter, Execution, new_id, utcnow
+from agentrunner.topics import TopicTrie
+
+log = logging.getLogger("agentrunner.orchestrator")
+
+#: An event chain deeper than this is dropped (DESIGN.md: the loop guard).
+MAX_CHAIN_DEPTH = 8
+EXECUTION_EVENTS = ("agent.execution.completed", "agent.execution.failed")
+EVENTS_QUEUE = "agentrunner.events"
+
+
+class AgentNotFound(LookupError):
+    """No agent of that name is loaded."""
+
+
+class ExecutionNotFound(LookupError):
+    """No execution with that id exists."""
+
+
+class InvalidTransition(Exception):
+    """The execution's status does not allow the operation (e.g. cancelling a finished one)."""
+
+
+class DeadLetterNotFound(LookupError):
+    """No dead letter with that id exists."""
+
+
+class ShuttingDown(Exception):
+    """The orchestrator has stopped taking new tasks."""
+
+
+class ExecutionFailed(Exception):
+    """A sub-execution started with ``ctx.submit`` did not complete."""
+
+    def __init__(self, execution: Execution) -> None:
+        super().__init__(f"execution {execution.execution_id} of agent {execution.agent_name!r} "
+                         f"ended {execution.status}: {execution.error_message or ''}".rstrip(": "))
+        self.execution = execution
+
+
+def task_routing_key(mode: str, agent_name: str) -> str:
+    """The reference's routing key for a task of ``mode`` (custom modes: ``{mode}.task.submitted``)."""
+    if mode in ("continuous", "scheduled"):
+        return f"{mode}.task.{agent_name}"
+    return f"{mode}.task.submitted"
+
+
+def task_binding(mode: str) -> str:
+    """The binding pattern of a mode's task queue."""
+    return f"{mode}.task.*" if mode in ("continuous", "scheduled") else f"{mode}.task.submitted"
+
+
+@attrs.define
+class RetryPolicy:
+    """An agent's ``retry_config``: how many times, and how long to wait before each retry."""
+
+    max_retries: int
+    retry_delay_seconds: float
+    exponential_backoff: bool = True
+    backoff_multiplier: float = 2.0
+    max_retry_delay: float = 60.0
+
+    @classmethod
+    def of(cls, agent: Any) -> RetryPolicy:
+        config = agent.retry_config
+        return cls(config.max_retries, config.retry_delay_seconds, config.exponential_backoff,
+                   config.backoff_multiplier, config.max_retry_delay)
+
+    def delay(self, retry: int, *, jitter: bool = False, at_least: float | None = None) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based), capped by ``max_retry_delay``."""
+        delay = self.retry_delay_seconds
+        if self.exponential_backoff:
+            delay *= self.backoff_multiplier ** (retry - 1)
+        delay = min(delay, self.max_retry_delay)
+        if jitter:  # spread retries of many callers hitting one rate limit ("equal jitter")
+            delay = delay / 2 + random.uniform(0, delay / 2)
+        if at_least is not None:
+            delay = max(delay, at_least)
+        return delay
+
+
+@attrs.define
+class TaskView:
+    """What ``ctx.task`` shows a mode."""
+
+    execution_id: str
+    input: Any
+    data: dict[str, Any]
+    trace_id: str
+    attempt: int
+    parent_execution_id: str | None
+
+
+class ExecutionContext:
+    """The ``ctx`` an execution mode receives (DESIGN.md: custom execution modes)."""
+
+    def __init__(self, orchestrator: Orchestrator, agent: Any, execution: Execution, state: dict[str, Any]):
+        self._orchestrator = orchestrator
+        self._execution = execution
+        self.agent = agent
+        self.task = TaskView(execution.execution_id, execution.input, execution.data, execution.trace_id,
+                             execution.attempts, execution.parent_execution_id)
+        self.state = state
+        self.usage = Usage()
+        self.model = ""
+        self.details: dict[str, Any] = {}
+
+    async def complete(self, messages: list[Message], **overrides: Any) -> CompletionResponse:
+        """Ask the agent's own LLM; provider errors worth retrying follow the agent's retry policy."""
+        orchestrator = self._orchestrator
+        provider = orchestrator.registry.providers[self.agent.llm_config.provider]
+        request = CompletionRequest(llm_config=self.agent.llm_config, system_prompt=self.agent.system_prompt,
+                                    messages=list(messages), tools=overrides.get("tools", ()))
+        policy = RetryPolicy.of(self.agent)
+        attempt = 0
+        while True:
+            try:
+                response = await provider.complete(request)
+                break
+            except ProviderError as exc:
+                attempt += 1
+                if not exc.retryable or attempt > policy.max_retries:
+                    raise
+                delay = policy.delay(attempt, jitter=True, at_least=exc.retry_after)
+                log.warning("provider %s: %s; retry %d in %.1fs", provider.name, exc, attempt, delay,
+                            extra=self._log_extra())
+                await asyncio.sleep(delay)
+        self.usage = self.usage + response.usage
+        self.model = response.model or self.model
+        return response
+
+    async def submit(self, agent_name: str, input: Any, data: Mapping[str, Any] | None = None) -> Any:
+        """Run another agent as a child of this execution and return its result."""
+        child, _ = await self._orchestrator.submit(agent_name, input, data=dict(data or {}),
+                                                   parent_execution_id=self._execution.execution_id,
+                                                   trace_id=self._execution.trace_id)
+        # Waiting for a child must not hold a worker slot, or parents could starve their children.
+        async with self._orchestrator.slot_released():
+            finished = await self._orchestrator.wait(child.execution_id, None)
+        if finished is None or finished.status != "completed":
+            raise ExecutionFailed(finished or child)
+        return finished.result
+
+    async def publish(self, routing_key: str, payload: Any) -> None:
+        """Publish an event caused by this execution (it never triggers this agent again)."""
+        await self._orchestrator.bus.publish(routing_key, payload, self._orchestrator.event_headers(self._execution))
+
+    def _log_extra(self) -> dict[str, Any]:
+        return {"trace_id": self._execution.trace_id, "execution_id": self._execution.execution_id,
+                "agent": self.agent.name}
+
+
+class Orchestrator:
+    """Submits tasks, runs them in bounded worker slots, and records their outcome."""
+
+    def __init__(self, *, settings: Any, registry: Any, config: Any, store: Any, bus: Any, state: Any,
+                 slots: int | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.state = state  # the StateManager
+        self.slots = slots or max(1, settings.worker_processes * settings.worker_threads_per_process)
+        self._slots = asyncio.Semaphore(self.slots)
+        self._waiters: dict[str, list[asyncio.Future]] = {}
+        self._running: dict[str, asyncio.Future] = {}  # execution id → its mode's future
+        self._agent_locks: dict[str, asyncio.Lock] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._background: set[asyncio.Task] = set()
+        self._subscriptions: list[Any] = []
+        self._events_subscription: Any = None
+        self._event_trie = TopicTrie()
+        self._event_patterns: dict[str, frozenset[str]] = {}
+        self._accepting = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self, *, consume: bool = True, recover: bool = True) -> None:
+        """Subscribe the task and event queues and re-queue what a previous run left unfinished."""
+        self._accepting = True
+        if consume:
+            for mode in sorted(self.registry.execution_modes):
+                subscription = await self.bus.subscribe(f"agentrunner.tasks.{mode}", [task_binding(mode)],
+                                                        self._on_task, concurrency=self.slots)
+                self._subscriptions.append(subscription)
+            self._events_subscription = await self.bus.subscribe(EVENTS_QUEUE, [], self._on_event,
+                                                                 concurrency=self.slots)
+            await self.sync_event_subscriptions()
+            if recover:
+                await self._recover()
+        waiters = await self.bus.subscribe(f"agentrunner.waiters.{new_id()}", list(EXECUTION_EVENTS),
+                                           self._on_execution_event, concurrency=4,
+                                           exclusive=True)
+        self._subscriptions.append(waiters)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop intake, let running executions finish within ``grace`` seconds, then stop.
+
+        Executions still running after the grace period are put back to ``queued``
+        (they run again on the next start), so none is left ``running``.
+        """
+        self._accepting = False
+        for subscription in [*self._subscriptions, self._events_subscription]:
+            if subscription is not None:
+                await subscription.cancel()
+        for timer in self._timers:
+            timer.cancel()
+        if self._running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace)
+        for execution_id, inner in list(self._running.items()):
+            # put back first, so the cancelled run cannot record a terminal status over it
+            await self.store.update_execution(execution_id, expect_status=("running",), status="queued")
+            inner.cancel()
+        for task in list(self._background):
+            task.cancel()
+
+    async def _recover(self) -> None:
+        """Publish again the executions a stopped or killed process left queued or running."""
+        for execution in await self.store.executions_with_status(("queued", "running")):
+            if execution.execution_id in self._running:
+                continue
+            agent = self.config.get(execution.agent_name)
+            if agent is None:
+                await self._finish(execution, "failed", error=f"agent {execution.agent_name!r} no longer exists")
+                continue
+            log.info("re-queueing execution %s of %s left %s", execution.execution_id, execution.agent_name,
+                     execution.status)
+            await self._publish_task(agent, execution)
+
+    # --- submission ------------------------------------------------------------
+
+    async def submit(self, agent_name: str, input: Any, *, data: dict[str, Any] | None = None,
+                     idempotency_key: str | None = None, parent_execution_id: str | None = None,
+                     trace_id: str | None = None) -> tuple[Execution, bool]:
+        """Record and publish a task; returns the execution and whether it is new.
+
+        With an ``idempotency_key`` already used for this agent, the first
+        execution is returned and nothing is published.
+        """
+        if not self._accepting and parent_execution_id is None:
+            raise ShuttingDown("the orchestrator is not taking new tasks")
+        agent = self.config.get(agent_name)
+        if agent is None:
+            raise AgentNotFound(agent_name)
+        execution = Execution(
+            execution_id=new_id(), agent_name=agent_name, task_type=agent.execution_mode, input=input,
+            data=data or {}, idempotency_key=idempotency_key, parent_execution_id=parent_execution_id,
+            trace_id=trace_id or new_id(),
+        )
+        stored, created = await self.store.create_execution(execution)
+        if created:
+            await self._publish_task(agent, stored)
+        return stored, created
+
+    async def _publish_task(self, agent: Any, execution: Execution) -> None:
+        await self.bus.publish(task_routing_key(agent.execution_mode, agent.name),
+                               {"execution_id": execution.execution_id, "agent_name": agent.name},
+                               {"trace_id": execution.trace_id, "task": True})
+
+    async def wait(self, execution_id: str, timeout: float | None) -> Execution | None:
+        """The execution once terminal (or ``awaiting_input``), or as it is when ``timeout`` runs out."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(execution_id, []).append(future)
+        try:
+            execution = await self.store.get_execution(execution_id)
+            if execution is None or execution.terminal:
+                return execution
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(future), timeout)
+            return await self.store.get_execution(execution_id)
+        finally:
+            waiters = self._waiters.get(execution_id, [])
+            if future in waiters:
+                waiters.remove(future)
+            if not waiters:
+                self._waiters.pop(execution_id, None)
+
+    def _wake(self, execution: Execution) -> None:
+        for future in self._waiters.get(execution.execution_id, []):
+            if not future.done():
+                future.set_result(execution)
+
+    async def _on_execution_event(self, event: Event) -> None:
+        """Wake local waiters of executions finished by another process."""
+        execution_id = (event.payload or {}).get("execution_id")
+        if execution_id in self._waiters:
+            execution = await self.store.get_execution(execution_id)
+            if execution is not None:
+                self._wake(execution)
+
+    async def cancel(self, execution_id: str) -> Execution:
+        """Cancel a queued or running execution; a finished one cannot be cancelled."""
+        execution = await self.store.get_execution(execution_id)
+        if execution is None:
+            raise ExecutionNotFound(execution_id)
+        if execution.terminal:
+            raise InvalidTransition(f"execution {execution_id} is already {execution.status}")
+        inner = self._running.get(execution_id)
+        changed = await self.store.update_execution(
+            execution_id, expect_status=("queued", "running", "awaiting_input"), status="cancelled",
+            completed_at=utcnow(), error_message="cancelled by request")
+        if inner is not None:
+            inner.cancel()
+        execution = await self.store.get_execution(execution_id)
+        if changed:
+            self._wake(execution)
+        return execution
+
+    async def retry_dead_letter(self, item_id: str) -> Execution:
+        """Run a dead-lettered execution again from its first attempt; the dead letter is removed."""
+        letter = await self.store.get_dead_letter(item_id)
+        if letter is None:
+            raise DeadLetterNotFound(item_id)
+        agent = self.config.get(letter.agent_name)
+        if agent is None:
+            raise AgentNotFound(letter.agent_name)
+        reset = await self.store.update_execution(
+            letter.execution_id, expect_status=("failed", "timed_out"), status="queued", attempts=0,
+            error_message=None, result=None, started_at=None, completed_at=None)
+        if not reset:
+            raise InvalidTransition(f"execution {letter.execution_id} is not failed; it cannot be retried")
+        await self.store.delete_dead_letter(item_id)
+        execution = await self.store.get_execution(letter.execution_id)
+        await self._publish_task(agent, execution)
+        return execution
+
+    # --- consuming tasks ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def slot_released(self):
+        """Give this execution's worker slot back while it waits (for a child execution)."""
+        self._slots.release()
+        try:
+            yield
+        finally:
+            await self._slots.acquire()
+
+    async def _on_task(self, event: Event) -> None:
+        execution_id = event.payload["execution_id"]
+        async with self._slots:
+            if not self._accepting:
+                return  # stopping: the execution stays queued in the store and is recovered on the next start
+            execution = await self.store.get_execution(execution_id)
+            if execution is None or execution.terminal or execution_id in self._running:
+                return  # a redelivery of a finished (or cancelled) execution: nothing to do
+            agent = self.config.get(execution.agent_name)
+            if agent is None:
+                await self._finish(execution, "failed", error=f"agent {execution.agent_name!r} is not loaded")
+                return
+            mode = self.registry.execution_modes[agent.execution_mode]
+            lock = self._agent_locks.setdefault(agent.name, asyncio.Lock()) if getattr(
+                mode, "ordered", agent.execution_mode == "continuous") else contextlib.nullcontext()
+            async with lock:
+                await self._run(agent, mode, execution)
+
+    async def _run(self, agent: Any, mode: Any, execution: Execution) -> None:
+        started = utcnow()
+        claimed = await self.store.update_execution(
+            execution.execution_id, expect_status=("queued", "running"), status="running", started_at=started,
+            attempts=execution.attempts + 1, error_message=None)
+        if not claimed:
+            return  # cancelled between delivery and claim
+        execution.status, execution.started_at, execution.attempts = "running", started, execution.attempts + 1
+        uses_state = getattr(mode, "uses_state", agent.execution_mode not in ("autonomous", "scheduled"))
+        stored_state = await self.state.get(agent.name) if uses_state else None
+        state = dict(stored_state.state_data) if stored_state else {}
+        snapshot = json.dumps(state, sort_keys=True, default=str)
+        ctx = ExecutionContext(self, agent, execution, state)
+        soft, hard = self._time_limits(agent)
+        try:
+            result = await self._execute_with_limits(mode, ctx, soft, hard)
+            if uses_state and json.dumps(state, sort_keys=True, default=str) != snapshot:
+                # a conflicting write by another process fails this attempt, which is then retried
+                await self._save_state(agent.name, stored_state, state)
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling():
+                raise  # the worker itself is being cancelled
+            return  # the execution was cancelled by request or put back by a shutdown: its status is set
+        except TimeoutError:
+            await self._finish(execution, "timed_out", ctx=ctx,
+                               error=f"the execution exceeded its time limit of {soft:g} s")
+        except Exception as exc:  # a mode, tool or provider failure: retry or fail
+            await self._failed(agent, execution, ctx, exc)
+        else:
+            await self._finish(execution, "completed", ctx=ctx, result=result)
+
+    def _time_limits(self, agent: Any) -> tuple[float, float]:
+        """The soft limit (cancel cleanly) and the hard limit (abandon) of one execution.
+
+        The soft limit is the agent's own timeout (``schedule_config`` or
+        ``collaborative_config.timeout_seconds``) or ``TASK_DEFAULT_TIMEOUT``,
+        capped by ``CELERY_TASK_SOFT_TIME_LIMIT``; the hard limit gives the mode
+        ``CELERY_TASK_TIME_LIMIT - CELERY_TASK_SOFT_TIME_LIMIT`` more seconds to
+        clean up, capped by ``CELERY_TASK_TIME_LIMIT``.
+        """
+        settings = self.settings
+        own = getattr(agent.mode_config, "timeout_seconds", None) if agent.mode_config is not None else None
+        soft = min(float(own or settings.task_default_timeout), float(settings.celery_task_soft_time_limit))
+        grace = max(0.0, float(settings.celery_task_time_limit - settings.celery_task_soft_time_limit))
+        hard = min(soft + grace, float(settings.celery_task_time_limit))
+        return soft, max(hard, soft)
+
+    async def _execute_with_limits(self, mode: Any, ctx: ExecutionContext, soft: float, hard: float) -> Any:
+        """Run the mode; at the soft limit cancel it, at the hard limit abandon it (both: TimeoutError)."""
+        execution_id = ctx.task.execution_id
+        inner = asyncio.ensure_future(mode.execute(ctx))
+        self._running[execution_id] = inner
+        self._idle.clear()
+        try:
+            done, _ = await asyncio.wait({inner}, timeout=soft)
+            if done:
+                return inner.result()
+            inner.cancel()  # the soft limit: the mode sees CancelledError and may clean up
+            done, _ = await asyncio.wait({inner}, timeout=max(0.0, hard - soft))
+            if not done:
+                log.error("execution %s ignored cancellation; abandoned at the hard time limit", execution_id,
+                          extra=ctx._log_extra())
+            raise TimeoutError
+        except asyncio.CancelledError:
+            inner.cancel()
+            raise
+        finally:
+            self._running.pop(execution_id, None)
+            if not self._running:
+                self._idle.set()
+
+    async def _save_state(self, agent_name: str, stored: Any, state: dict[str, Any]) -> None:
+        from agentrunner.records import AgentState
+
+        record = stored or AgentState(agent_name=agent_name)
+        record.state_data = state
+        record.conversation_history = list(state.get("conversation_history", []))
+        record.last_activity = utcnow()
+        await self.state.put(record, expect_version=record.version if stored is not None else None)
+
+    async def _failed(self, agent: Any, execution: Execution, ctx: ExecutionContext, exc: Exception) -> None:
+        """Retry the task per ``retry_config``, or fail it and dead-letter it.
+
+        Provider errors are not retried here: ``ctx.complete`` already spent the
+        agent's retries on them (one retry layer only), and a failed child
+        execution was retried as its own task.
+        """
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        policy = RetryPolicy.of(agent)
+        retryable = not isinstance(exc, ProviderError | ExecutionFailed) and getattr(exc, "retryable", True)
+        if retryable and execution.attempts <= policy.max_retries:
+            delay = policy.delay(execution.attempts)
+            requeued = await self.store.update_execution(
+                execution.execution_id, expect_status=("running",), status="queued", error_message=message)
+            if requeued:
+                log.warning("execution %s failed (%s); retry %d of %d in %.1fs", execution.execution_id, message,
+                            execution.attempts, policy.max_retries, delay, extra=ctx._log_extra())
+                self._later(delay, self._publish_task(agent, execution))
+            return
+        log.error("execution %s failed after %d attempt(s): %s", execution.execution_id, execution.attempts,
+                  message, extra=ctx._log_extra())
+        await self._finish(execution, "failed", ctx=ctx, error=message, dead_letter=DeadLetter(
+            id=new_id(), execution_id=execution.execution_id, agent_name=agent.name,
+            routing_key=task_routing_key(agent.execution_mode, agent.name),
+            payload={"execution_id": execution.execution_id, "agent_name": agent.name},
+            error_message=message, attempts=execution.attempts))
+
+    def _later(self, delay: float, coroutine: Any) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.discard(handle)
+            self._spawn(coroutine)
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _finish(self, execution: Execution, status: str, *, ctx: ExecutionContext | None = None,
+                      result: Any = None, error: str | None = None, dead_letter: DeadLetter | None = None) -> bool:
+        """Record a terminal status once, wake waiters, and publish the system event.
+
+        Returns False when the execution already had a terminal status (e.g. cancelled).
+        """
+        fields: dict[str, Any] = {"status": status, "completed_at": utcnow(), "result": result,
+                                  "error_message": error}
+        if ctx is not None:
+            fields["usage"] = {"input_tokens": ctx.usage.input_tokens, "output_tokens": ctx.usage.output_tokens,
+                               "model": ctx.model or ctx.agent.llm_config.model}
+            if ctx.details:
+                fields["details"] = ctx.details
+        changed = await self.store.update_execution(execution.execution_id,
+                                                    expect_status=("queued", "running", "awaiting_input"), **fields)
+        if not changed:
+            return False  # cancelled meanwhile: the first terminal status stands
+        if dead_letter is not None:  # before waking anyone, so a woken waiter finds it
+            await self.store.add_dead_letter(dead_letter)
+        for key, value in fields.items():
+            setattr(execution, key, value)
+        self._wake(execution)
+        routing_key = "agent.execution.completed" if status == "completed" else "agent.execution.failed"
+        payload = {"execution_id": execution.execution_id, "agent_name": execution.agent_name, "status": status,
+                   "result": result, "error_message": error, "trace_id": execution.trace_id}
+        await self.bus.publish(routing_key, payload, self.event_headers(execution))
+        return True
+
+    # --- events -----------------------------------------------------------------
+
+    def event_headers(self, execution: Execution) -> dict[str, Any]:
+        """Headers of an event caused by ``execution``: one level deeper in its chain."""
+        depth = int(execution.data.get("chain_depth", 0)) if isinstance(execution.data, dict) else 0
+        return {"trace_id": execution.trace_id, "origin_agent": execution.agent_name,
+                "origin_execution": execution.execution_id, "depth": depth + 1}
+
+    async def sync_event_subscriptions(self) -> None:
+        """Bind the events queue to the union of every agent's ``event_subscriptions``."""
+        if self._events_subscription is None:
+            return
+        wanted = {name: frozenset(agent.event_subscriptions) for name, agent in self.config.agents.items()}
+        for name in set(self._event_patterns) | set(wanted):
+            old, new = self._event_patterns.get(name, frozenset()), wanted.get(name, frozenset())
+            for pattern in old - new:
+                self._event_trie.remove(pattern, name)
+            for pattern in new - old:
+                self._event_trie.add(pattern, name)
+        before = set().union(*self._event_patterns.values()) if self._event_patterns else set()
+        after = set().union(*wanted.values()) if wanted else set()
+        for pattern in after - before:
+            await self._events_subscription.bind(pattern)
+        for pattern in before - after:
+            await self._events_subscription.unbind(pattern)
+        self._event_patterns = {name: patterns for name, patterns in wanted.items() if patterns}
+
+    async def publish_event(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None) -> None:
+        """Publish an outside event (``POST /events``, a gateway) at the start of a chain."""
+        await self.bus.publish(routing_key, payload, dict(headers or {}, depth=0))
+
+    async def _on_event(self, event: Event) -> None:
+        """Turn an event into a task for every agent subscribed to it, with the loop guard."""
+        if event.headers.get("task"):
+            return  # a task message (`autonomous.task.submitted`, …) is plumbing, not an event
+        depth = int(event.headers.get("depth", 0) or 0)
+        origin = event.headers.get("origin_agent")
+        targets = sorted(self._event_trie.match(event.routing_key))
+        if not targets:
+            return
+        if depth > MAX_CHAIN_DEPTH:
+            log.warning("dropping event %s: the event chain is deeper than %d (agents %s)", event.routing_key,
+                        MAX_CHAIN_DEPTH, ", ".join(targets))
+            return
+        for agent_name in targets:
+            if agent_name == origin:
+                continue  # an agent is never triggered by an event its own execution caused
+            data = {"routing_key": event.routing_key, "event": event.payload, "chain_depth": depth}
+            key = f"event:{event.message_id}" if event.message_id else None
+            try:
+                await self.submit(agent_name, event.payload, data=data, idempotency_key=key,
+                                  parent_execution_id=event.headers.get("origin_execution"),
+                                  trace_id=event.headers.get("trace_id"))
+            except AgentNotFound:
+                log.info("event %s: agent %s was removed", event.routing_key, agent_name)
+
+    async def on_config_change(self, change: Any) -> None:
+        """ConfigurationService subscriber: keep event bindings in step with the agents."""
+        await self.sync_event_subscriptions()

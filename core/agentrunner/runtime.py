@@ -1,0 +1,95 @@
+"""The Platform: everything one process runs, wired from the settings.
+
+``serve``, ``worker`` and ``run`` build a Platform, start it, and stop it; the
+HTTP services and plugins reach every component through it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from typing import Any
+
+from agentrunner.config_service import ConfigurationService
+from agentrunner.orchestrator import Orchestrator
+from agentrunner.plugins import Registry, make_plugin_manager
+from agentrunner.state_manager import StateManager
+
+log = logging.getLogger("agentrunner.runtime")
+
+
+class PlatformError(Exception):
+    """The platform cannot start as configured (the message says what to change)."""
+
+
+def _backend(registry: Registry, kind: str, name: str, settings: Any, variable: str) -> Any:
+    factory = registry.table(kind).get(name)
+    if factory is None:
+        raise PlatformError(f"{variable}: {registry.missing(kind, name)}")
+    return factory(settings)
+
+
+class Platform:
+    """Settings, plugins, configuration, backends and the orchestrator of one process."""
+
+    def __init__(self, settings: Any, *, pm: Any = None, registry: Registry | None = None,
+                 agents_dir: str | None = None) -> None:
+        self.settings = settings
+        self.pm = pm or make_plugin_manager(settings.agentrunner_disabled_plugins)
+        self.registry = registry or Registry.from_plugin_manager(self.pm)
+        self.config = ConfigurationService.from_settings(settings, self.registry)
+        if agents_dir is not None:
+            self.config.agents_dir = agents_dir
+        self.store = _backend(self.registry, "state store", settings.state_backend, settings, "STATE_BACKEND")
+        self.bus = _backend(self.registry, "event bus", settings.event_bus_backend, settings, "EVENT_BUS_BACKEND")
+        self.cache = _backend(self.registry, "cache", settings.cache_backend, settings, "CACHE_BACKEND")
+        self.state = StateManager(self.store, self.cache, settings)
+        self.orchestrator = Orchestrator(settings=settings, registry=self.registry, config=self.config,
+                                         store=self.store, bus=self.bus, state=self.state)
+        self.started = False
+
+    async def start(self, *, consume: bool = True, watch: bool | None = None, recover: bool = True) -> None:
+        """Load the agents, open the backends, start consuming tasks, then call ``startup`` hooks.
+
+        ``recover`` re-queues executions a previous process left unfinished.
+        """
+        self.config.load()
+        await self.store.start()
+        await self.bus.start()
+        await self.cache.start()
+        self.config.subscribe(self.orchestrator.on_config_change)
+        await self.orchestrator.start(consume=consume, recover=recover)
+        if watch if watch is not None else self.settings.config_hot_reload:
+            await self.config.start()
+        await self._call_hook("startup")
+        self.started = True
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop intake, drain running executions within ``grace`` seconds, call ``shutdown`` hooks, close."""
+        if not self.started:
+            return
+        self.started = False
+        await self.config.stop()
+        await self.orchestrator.stop(grace)
+        await self._call_hook("shutdown")
+        await self.bus.stop()
+        await self.cache.stop()
+        await self.store.stop()
+
+    async def _call_hook(self, name: str) -> None:
+        for result in getattr(self.pm.hook, name)(platform=self):
+            if inspect.isawaitable(result):
+                await result
+
+    async def health(self) -> dict[str, Any]:
+        """Each dependency's status; the platform is down when the store or the bus is."""
+        report: dict[str, Any] = {}
+        for name, backend in (("store", self.store), ("bus", self.bus), ("cache", self.cache)):
+            try:
+                await backend.health()
+                report[name] = {"status": "ok", "backend": backend.name}
+            except Exception as exc:  # any failure of a health probe means unavailable
+                report[name] = {"status": "down", "backend": backend.name, "error": type(exc).__name__}
+        down = [name for name in ("store", "bus") if report[name]["status"] != "ok"]
+        status = "down" if down else "degraded" if report["cache"]["status"] != "ok" else "ok"
+        return {"status": status, "dependencies": report}

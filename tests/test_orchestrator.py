@@ -1,0 +1,396 @@
+"""The orchestrator end to end on the embedded defaults: SQLite store, in-memory bus, echo provider."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import agentrunner
+from agentrunner.orchestrator import AgentNotFound, InvalidTransition, RetryPolicy, ShuttingDown
+from agentrunner.plugins import make_plugin_manager
+from agentrunner.runtime import Platform
+from agentrunner.settings import load_settings
+
+
+def agent_yaml(name: str, mode: str = "autonomous", extra: str = "") -> str:
+    return textwrap.dedent(f"""\
+        name: {name}
+        agent_type: assistant
+        execution_mode: {mode}
+        llm_config:
+          temperature: 0.7
+        system_prompt: You are {name}.
+        """) + textwrap.dedent(extra)
+
+
+class ScriptedModes:
+    """Test modes: `flaky` fails its first `fail_times` attempts, `sleepy` sleeps, `stubborn` ignores
+    cancellation, `parent` runs a child agent, `gate` waits for an event the test sets."""
+
+    def __init__(self) -> None:
+        self.fail_times = 0
+        self.calls = 0
+        self.gate = asyncio.Event()
+        self.started = 0
+
+    @agentrunner.hookimpl
+    def register_execution_modes(self, register):
+        outer = self
+
+        class Flaky:
+            name = "flaky"
+
+            async def execute(self, ctx):
+                outer.calls += 1
+                if outer.calls <= outer.fail_times:
+                    raise RuntimeError(f"boom {outer.calls}")
+                return {"attempt": ctx.task.attempt, "input": ctx.task.input}
+
+        class Sleepy:
+            name = "sleepy"
+
+            async def execute(self, ctx):
+                await asyncio.sleep(float(ctx.task.input))
+                return "woke"
+
+        class Stubborn:
+            name = "stubborn"
+
+            async def execute(self, ctx):
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    await asyncio.sleep(1)  # ignores the soft limit and keeps working past the hard one
+                return "late"
+
+        class Parent:
+            name = "parent"
+
+            async def execute(self, ctx):
+                child = await ctx.submit("echo-agent", f"child of {ctx.task.input}")
+                await ctx.publish("custom.parent.done", {"child": child})
+                return child.upper()
+
+        class Gate:
+            name = "gate"
+
+            async def execute(self, ctx):
+                outer.started += 1
+                await outer.gate.wait()
+                return "opened"
+
+        for mode in (Flaky(), Sleepy(), Stubborn(), Parent(), Gate()):
+            register(mode)
+
+
+@pytest.fixture
+def agents_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "agents"
+    directory.mkdir()
+    (directory / "echo-agent.yaml").write_text(agent_yaml("echo-agent"))
+    return directory
+
+
+@pytest.fixture
+def modes() -> ScriptedModes:
+    return ScriptedModes()
+
+
+@pytest.fixture
+async def make_platform(tmp_path: Path, agents_dir: Path, modes: ScriptedModes):
+    """Start platforms on one SQLite file (a second one is a restart); all are stopped afterwards."""
+    platforms: list[Platform] = []
+
+    async def make(**env: str) -> Platform:
+        environ = {"SQLITE_PATH": str(tmp_path / "agentrunner.db"), "CONFIG_AGENTS_DIR": str(agents_dir),
+                   "CONFIG_HOT_RELOAD": "false", "TASK_RETRY_DELAY": "0.01", **env}
+        settings = load_settings(environ=environ, env_file=None)
+        pm = make_plugin_manager(load_entry_points=False, extra_plugins=[(modes, "scripted-modes")])
+        platform = Platform(settings, pm=pm)
+        await platform.start()
+        platforms.append(platform)
+        return platform
+
+    yield make
+    for platform in platforms:
+        await platform.stop(grace=1)
+
+
+async def submit_and_wait(platform: Platform, agent: str, value, timeout: float = 10, **kwargs):
+    execution, _ = await platform.orchestrator.submit(agent, value, **kwargs)
+    return await platform.orchestrator.wait(execution.execution_id, timeout)
+
+
+async def test_a_task_runs_to_completion_with_result_timing_trace_and_usage(make_platform):
+    platform = await make_platform()
+    events = []
+
+    async def record(event):
+        events.append(event)
+
+    await platform.bus.subscribe("test.completed", ["agent.execution.*"], record)
+    finished = await submit_and_wait(platform, "echo-agent", "hello world")
+    assert finished.status == "completed"
+    assert finished.result == "hello world"
+    assert finished.task_type == "autonomous"
+    assert finished.usage == {"input_tokens": 5, "output_tokens": 2, "model": "echo"}
+    assert finished.trace_id and finished.duration_seconds is not None and finished.duration_seconds >= 0
+    assert finished.started_at <= finished.completed_at
+    stored = await platform.store.get_execution(finished.execution_id)
+    assert stored.status == "completed" and stored.result == "hello world"
+    for _ in range(100):
+        if events:
+            break
+        await asyncio.sleep(0.01)
+    assert [e.routing_key for e in events] == ["agent.execution.completed"]
+    assert events[0].payload["execution_id"] == finished.execution_id
+
+
+async def test_unknown_agent(make_platform):
+    platform = await make_platform()
+    with pytest.raises(AgentNotFound):
+        await platform.orchestrator.submit("nobody", "x")
+
+
+async def test_fifty_concurrent_submissions_with_one_idempotency_key_make_one_execution(make_platform):
+    platform = await make_platform()
+    results = await asyncio.gather(*(
+        platform.orchestrator.submit("echo-agent", f"try {i}", idempotency_key="order-42") for i in range(50)))
+    ids = {execution.execution_id for execution, _ in results}
+    assert len(ids) == 1
+    assert sum(created for _, created in results) == 1
+    page, _ = await platform.store.list_executions(agent_name="echo-agent", limit=100)
+    assert len(page) == 1
+
+
+async def test_failures_are_retried_per_retry_config(make_platform, agents_dir, modes):
+    (agents_dir / "flaky.yaml").write_text(agent_yaml("flaky", "flaky", """\
+        retry_config:
+          max_retries: 3
+          retry_delay_seconds: 0.01
+          max_retry_delay: 0.05
+        """))
+    modes.fail_times = 2
+    platform = await make_platform()
+    finished = await submit_and_wait(platform, "flaky", "x")
+    assert finished.status == "completed"
+    assert finished.attempts == 3 and finished.result == {"attempt": 3, "input": "x"}
+    assert await platform.store.list_dead_letters() == []
+
+
+async def test_exhausted_retries_fail_and_dead_letter_and_the_dlq_retry_works(make_platform, agents_dir, modes):
+    (agents_dir / "flaky.yaml").write_text(agent_yaml("flaky", "flaky", """\
+        retry_config:
+          max_retries: 1
+          retry_delay_seconds: 0.01
+        """))
+    modes.fail_times = 5
+    platform = await make_platform()
+    finished = await submit_and_wait(platform, "flaky", "x")
+    assert finished.status == "failed"
+    assert finished.attempts == 2
+    assert finished.error_message == "RuntimeError: boom 2"
+    [letter] = await platform.store.list_dead_letters()
+    assert letter.execution_id == finished.execution_id and letter.attempts == 2
+    modes.fail_times = 0
+    retried = await platform.orchestrator.retry_dead_letter(letter.id)
+    assert retried.status == "queued"
+    again = await platform.orchestrator.wait(finished.execution_id, 10)
+    assert again.status == "completed"
+    assert await platform.store.list_dead_letters() == []
+
+
+def test_backoff_is_exponential_and_capped():
+    policy = RetryPolicy(max_retries=5, retry_delay_seconds=5, exponential_backoff=True, backoff_multiplier=2,
+                         max_retry_delay=60)
+    assert [policy.delay(n) for n in range(1, 6)] == [5, 10, 20, 40, 60]
+    flat = RetryPolicy(max_retries=5, retry_delay_seconds=5, exponential_backoff=False)
+    assert [flat.delay(n) for n in range(1, 4)] == [5, 5, 5]
+    assert policy.delay(1, at_least=30) == 30
+    assert all(2.5 <= policy.delay(1, jitter=True) <= 5 for _ in range(100))
+
+
+async def test_the_default_timeout_marks_timed_out(make_platform, agents_dir):
+    (agents_dir / "sleepy.yaml").write_text(agent_yaml("sleepy", "sleepy"))
+    platform = await make_platform(TASK_DEFAULT_TIMEOUT="0.2")
+    finished = await submit_and_wait(platform, "sleepy", 5)
+    assert finished.status == "timed_out"
+    assert "time limit of 0.2 s" in finished.error_message
+
+
+async def test_a_mode_ignoring_cancellation_is_abandoned_at_the_hard_limit(make_platform, agents_dir):
+    (agents_dir / "stubborn.yaml").write_text(agent_yaml("stubborn", "stubborn"))
+    platform = await make_platform(TASK_DEFAULT_TIMEOUT="0.1", CELERY_TASK_SOFT_TIME_LIMIT="540",
+                                   CELERY_TASK_TIME_LIMIT="540.2")
+    finished = await submit_and_wait(platform, "stubborn", None)
+    assert finished.status == "timed_out"
+    assert finished.duration_seconds < 5
+
+
+async def test_cancelling_a_running_and_a_finished_execution(make_platform, agents_dir):
+    (agents_dir / "sleepy.yaml").write_text(agent_yaml("sleepy", "sleepy"))
+    platform = await make_platform()
+    execution, _ = await platform.orchestrator.submit("sleepy", 30)
+    for _ in range(200):
+        if (await platform.store.get_execution(execution.execution_id)).status == "running":
+            break
+        await asyncio.sleep(0.01)
+    cancelled = await platform.orchestrator.cancel(execution.execution_id)
+    assert cancelled.status == "cancelled"
+    await asyncio.sleep(0.05)
+    assert (await platform.store.get_execution(execution.execution_id)).status == "cancelled"
+    with pytest.raises(InvalidTransition):
+        await platform.orchestrator.cancel(execution.execution_id)
+
+
+async def test_task_n_plus_one_stays_queued_until_a_slot_frees(make_platform, agents_dir, modes):
+    (agents_dir / "gate.yaml").write_text(agent_yaml("gate", "gate"))
+    platform = await make_platform(WORKER_PROCESSES="1", WORKER_THREADS_PER_PROCESS="2")
+    assert platform.orchestrator.slots == 2
+    executions = [(await platform.orchestrator.submit("gate", i))[0] for i in range(3)]
+    for _ in range(200):
+        if modes.started == 2:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    statuses = [(await platform.store.get_execution(e.execution_id)).status for e in executions]
+    assert sorted(statuses) == ["queued", "running", "running"]
+    assert modes.started == 2
+    modes.gate.set()
+    for execution in executions:
+        assert (await platform.orchestrator.wait(execution.execution_id, 10)).status == "completed"
+
+
+async def test_a_mode_can_run_another_agent_and_publish(make_platform, agents_dir):
+    (agents_dir / "parent.yaml").write_text(agent_yaml("parent", "parent"))
+    (agents_dir / "listener.yaml").write_text(agent_yaml("listener", extra="""\
+        event_subscriptions: ["custom.parent.*"]
+        """))
+    platform = await make_platform(WORKER_PROCESSES="1", WORKER_THREADS_PER_PROCESS="1")
+    finished = await submit_and_wait(platform, "parent", "p")
+    assert finished.status == "completed" and finished.result == "CHILD OF P"
+    children, _ = await platform.store.list_executions(agent_name="echo-agent")
+    assert children[0].parent_execution_id == finished.execution_id
+    assert children[0].trace_id == finished.trace_id
+    for _ in range(200):
+        heard, _ = await platform.store.list_executions(agent_name="listener")
+        if heard and heard[0].status == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert heard[0].input == {"child": "child of p"}
+    assert heard[0].data["routing_key"] == "custom.parent.done"
+
+
+async def test_events_become_tasks_for_subscribed_agents(make_platform, agents_dir):
+    (agents_dir / "tickets.yaml").write_text(agent_yaml("tickets", extra="""\
+        event_subscriptions: ["customer.ticket.*"]
+        """))
+    platform = await make_platform()
+    await platform.orchestrator.publish_event("customer.ticket.created", {"id": 7})
+    await platform.orchestrator.publish_event("customer.order.created", {"id": 8})
+    for _ in range(200):
+        page, _ = await platform.store.list_executions(agent_name="tickets")
+        if page and page[0].status == "completed":
+            break
+        await asyncio.sleep(0.01)
+    assert len(page) == 1
+    assert page[0].input == {"id": 7}
+    assert page[0].data == {"routing_key": "customer.ticket.created", "event": {"id": 7}, "chain_depth": 0}
+
+
+async def test_the_loop_guard_stops_agents_subscribed_to_everything(make_platform, agents_dir, caplog):
+    for name in ("loud", "louder"):
+        (agents_dir / f"{name}.yaml").write_text(agent_yaml(name, extra="""\
+            event_subscriptions: ["#"]
+            """))
+    platform = await make_platform()
+    caplog.set_level(logging.WARNING, "agentrunner.orchestrator")
+    await platform.orchestrator.publish_event("anything.at.all", {"n": 1})
+    previous = -1
+    for _ in range(100):  # wait until the chain has settled
+        await asyncio.sleep(0.05)
+        loud, _ = await platform.store.list_executions(agent_name="loud", limit=500)
+        louder, _ = await platform.store.list_executions(agent_name="louder", limit=500)
+        count = len(loud) + len(louder)
+        if count == previous and all(e.terminal for e in loud + louder):
+            break
+        previous = count
+    # depth 0 triggers both; each completion (depth 1..8) triggers only the other agent
+    assert count == 2 + 2 * 8
+    assert all(e.data["chain_depth"] <= 8 for e in loud + louder)
+    assert "event chain is deeper than 8" in caplog.text
+
+
+async def test_executions_survive_a_restart_and_unfinished_ones_run_again(make_platform, agents_dir, modes):
+    (agents_dir / "gate.yaml").write_text(agent_yaml("gate", "gate"))
+    first = await make_platform()
+    done = await submit_and_wait(first, "echo-agent", "kept")
+    pending, _ = await first.orchestrator.submit("gate", "later")
+    for _ in range(200):
+        if modes.started:
+            break
+        await asyncio.sleep(0.01)
+    await first.orchestrator.stop(grace=0.1)  # the gate never opens: the execution is put back
+    assert (await first.store.get_execution(pending.execution_id)).status == "queued"
+    await first.stop()
+    modes.gate.set()
+    second = await make_platform()
+    assert (await second.store.get_execution(done.execution_id)).result == "kept"
+    again = await second.orchestrator.wait(pending.execution_id, 10)
+    assert again.status == "completed" and again.result == "opened"
+
+
+async def test_an_agent_added_while_running_can_take_tasks(make_platform, agents_dir):
+    platform = await make_platform()
+    (agents_dir / "newcomer.yaml").write_text(agent_yaml("newcomer", extra="""\
+        event_subscriptions: ["hello.*"]
+        """))
+    await platform.config.reload()
+    assert (await submit_and_wait(platform, "newcomer", "hi")).result == "hi"
+    await platform.orchestrator.publish_event("hello.world", "from an event")
+    for _ in range(200):
+        page, _ = await platform.store.list_executions(agent_name="newcomer")
+        if len(page) == 2 and page[0].terminal:
+            break
+        await asyncio.sleep(0.01)
+    assert page[0].input == "from an event"
+
+
+async def test_stopping_refuses_new_tasks_and_leaves_nothing_running(make_platform, agents_dir, modes):
+    (agents_dir / "gate.yaml").write_text(agent_yaml("gate", "gate"))
+    platform = await make_platform()
+    quick = await submit_and_wait(platform, "echo-agent", "q")
+    blocked, _ = await platform.orchestrator.submit("gate", "g")
+    for _ in range(200):
+        if modes.started:
+            break
+        await asyncio.sleep(0.01)
+    await platform.orchestrator.stop(grace=0.2)
+    with pytest.raises(ShuttingDown):
+        await platform.orchestrator.submit("echo-agent", "late")
+    assert quick.status == "completed"
+    assert (await platform.store.get_execution(blocked.execution_id)).status == "queued"
+    running, _ = await platform.store.list_executions(status="running")
+    assert running == []
+
+
+async def test_a_continuous_agent_keeps_its_conversation_across_tasks_and_restarts(make_platform, agents_dir):
+    (agents_dir / "chatty.yaml").write_text(agent_yaml("chatty", "continuous", """\
+        continuous_config:
+          max_conversation_history: 2
+        """))
+    first = await make_platform()
+    for text in ("one", "two"):
+        assert (await submit_and_wait(first, "chatty", text)).result == text
+    await first.stop()
+    second = await make_platform()
+    assert (await submit_and_wait(second, "chatty", "three")).result == "three"
+    state = await second.state.get("chatty")
+    assert [turn["user"] for turn in state.state_data["conversation_history"]] == ["two", "three"]
+    assert state.conversation_history == state.state_data["conversation_history"]
+    assert state.version == 3
+    assert (await second.store.get_state("chatty")).version == 3  # written through to the store
