@@ -156,7 +156,7 @@ async def _serve(platform, services: list[str] | None) -> None:
     import asyncio
     import signal
 
-    from agentrunner.services.server import start_services
+    from agentrunner.web.server import start_services
 
     consume = services is None or "orchestrator" in services
     await platform.start(consume=consume)

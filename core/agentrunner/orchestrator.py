@@ -171,6 +171,27 @@ class ExecutionContext:
             raise ExecutionFailed(finished or child)
         return finished.result
 
+    async def ask(self, question: str) -> Any:
+        """Ask a human: the execution waits in ``awaiting_input`` (its question in ``details``)
+        until ``POST /executions/{id}/input`` answers, and the answer is returned.
+
+        The wait holds no worker slot and counts towards the execution's time limit."""
+        orchestrator = self._orchestrator
+        execution_id = self._execution.execution_id
+        answer = asyncio.get_running_loop().create_future()
+        orchestrator._questions[execution_id] = answer
+        self.details["question"] = question
+        try:
+            await orchestrator.store.update_execution(execution_id, expect_status=("running",),
+                                                      status="awaiting_input", details=self.details)
+            orchestrator._wake(await orchestrator.store.get_execution(execution_id))
+            async with orchestrator.slot_released():
+                value = await answer
+        finally:
+            orchestrator._questions.pop(execution_id, None)
+        self.details.setdefault("answers", []).append({"question": question, "answer": value})
+        return value
+
     async def publish(self, routing_key: str, payload: Any) -> None:
         """Publish an event caused by this execution (it never triggers this agent again)."""
         await self._orchestrator.bus.publish(routing_key, payload, self._orchestrator.event_headers(self._execution))
@@ -195,6 +216,7 @@ class Orchestrator:
         self._slots = asyncio.Semaphore(self.slots)
         self._waiters: dict[str, list[asyncio.Future]] = {}
         self._running: dict[str, asyncio.Future] = {}  # execution id → its mode's future
+        self._questions: dict[str, asyncio.Future] = {}  # execution id → the answer a human will give
         self._agent_locks: dict[str, asyncio.Lock] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._background: set[asyncio.Task] = set()
@@ -297,7 +319,7 @@ class Orchestrator:
         self._waiters.setdefault(execution_id, []).append(future)
         try:
             execution = await self.store.get_execution(execution_id)
-            if execution is None or execution.terminal:
+            if execution is None or execution.terminal or execution.status == "awaiting_input":
                 return execution
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -339,6 +361,16 @@ class Orchestrator:
         if changed:
             self._wake(execution)
         return execution
+
+    async def provide_input(self, execution_id: str, value: Any) -> Execution:
+        """Answer the question of an execution in ``awaiting_input``; it resumes ``running``."""
+        answer = self._questions.get(execution_id)
+        if answer is None or answer.done():
+            raise InvalidTransition(f"execution {execution_id} is not waiting for input in this process")
+        if not await self.store.update_execution(execution_id, expect_status=("awaiting_input",), status="running"):
+            raise InvalidTransition(f"execution {execution_id} is not awaiting input")
+        answer.set_result(value)
+        return await self.store.get_execution(execution_id)
 
     async def retry_dead_letter(self, item_id: str) -> Execution:
         """Run a dead-lettered execution again from its first attempt; the dead letter is removed."""

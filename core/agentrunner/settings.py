@@ -892,7 +892,7 @@ def _no_effect(reason: str, *names: str) -> dict[str, str]:
     return dict.fromkeys(names, reason)
 
 
-_HTTP = "read by the HTTP services, which are not available yet"
+_HTTP = "TLS, CORS and rate limiting of the HTTP services are not available yet"
 
 
 def _plugin(distribution: str) -> str:
@@ -923,11 +923,9 @@ NO_EFFECT: dict[str, str] = {
                  "CONFIG_CACHE_ENABLED"),
     **_no_effect("worker processes are not recycled", "WORKER_MAX_REQUESTS", "WORKER_MAX_REQUESTS_JITTER"),
     # Read by parts of the platform that are not written yet.
-    **_no_effect(_HTTP, "STATE_MANAGER_PORT", "CONFIG_SERVICE_PORT", "ORCHESTRATOR_PORT", "SCHEDULER_SERVICE_PORT",
-                 "SLACK_GATEWAY_PORT", "BIND_HOST", "API_AUTH_ENABLED", "API_KEY_HEADER", "API_KEY", "TLS_ENABLED",
-                 "TLS_CERT_PATH", "TLS_KEY_PATH", "TLS_CA_PATH", "TLS_MIN_VERSION", "TLS_CIPHERS", "CORS_ENABLED",
-                 "CORS_ORIGINS", "CORS_METHODS", "CORS_HEADERS", "RATE_LIMIT_ENABLED", "RATE_LIMIT_PER_MINUTE",
-                 "RATE_LIMIT_BURST", "REQUEST_TIMEOUT"),
+    **_no_effect(_HTTP, "TLS_ENABLED", "TLS_CERT_PATH", "TLS_KEY_PATH", "TLS_CA_PATH", "TLS_MIN_VERSION",
+                 "TLS_CIPHERS", "CORS_ENABLED", "CORS_ORIGINS", "CORS_METHODS", "CORS_HEADERS",
+                 "RATE_LIMIT_ENABLED", "RATE_LIMIT_PER_MINUTE", "RATE_LIMIT_BURST"),
     **_no_effect("the metrics endpoint is not available yet", "PROMETHEUS_ENABLED", "METRICS_PORT"),
     **_no_effect("log levels per component, log files and JSON logs are not available yet",
                  "STATE_MANAGER_LOG_LEVEL", "CONFIG_SERVICE_LOG_LEVEL", "ORCHESTRATOR_LOG_LEVEL",

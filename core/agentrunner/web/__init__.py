@@ -1,0 +1,1 @@
+"""The HTTP services: one aiohttp application per service, each on its own port."""

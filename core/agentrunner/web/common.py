@@ -1,0 +1,164 @@
+"""What every HTTP service shares: JSON errors, API-key auth, strict JSON request bodies, /health."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("agentrunner.http")
+
+#: Largest request body any service accepts (agent YAML included).
+MAX_BODY_BYTES = 1024 * 1024
+#: Deepest JSON nesting a request body may have.
+MAX_JSON_DEPTH = 32
+
+PLATFORM: web.AppKey[Any] = web.AppKey("platform", object)
+SERVICE: web.AppKey[str] = web.AppKey("service", str)
+
+
+class ApiError(web.HTTPException):
+    """An error answered as ``{"error": {"code": ..., "message": ...}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> None:
+        self.status_code = status
+        super().__init__(headers=headers, text=json.dumps({"error": {"code": code, "message": message}}),
+                         content_type="application/json")
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", what)
+
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                 409: "conflict", 413: "payload_too_large", 415: "unsupported_media_type", 429: "too_many_requests",
+                 503: "unavailable"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Every failure becomes a JSON error; an unexpected one is logged, never shown."""
+    try:
+        return await handler(request)
+    except ApiError:
+        raise
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, "payload_too_large",
+                       f"the request body is larger than {MAX_BODY_BYTES} bytes") from None
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, "error")
+        raise ApiError(exc.status, code, exc.reason, headers={k: v for k, v in exc.headers.items()
+                                                              if k.lower() in ("allow", "retry-after")}) from None
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        raise ApiError(500, "internal_error", "the request could not be completed; see the server log") from None
+
+
+def auth_middleware(settings: Any):
+    """Require ``API_KEY_HEADER`` to hold one of the keys in ``API_KEY`` (comma-separated, for rotation).
+
+    Keys are compared in constant time; ``/health`` stays open. ``exempt`` paths
+    (the Slack webhook, which Slack's signature protects) are skipped too.
+    """
+    header = settings.api_key_header
+    raw = settings.api_key.get_secret_value() if settings.api_key else ""
+    keys = [key.strip().encode() for key in raw.split(",") if key.strip()]
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if request.path == "/health" or request.path in request.app.get(AUTH_EXEMPT, ()):
+            return await handler(request)
+        given = request.headers.get(header, "").encode()
+        # compare with every key, whatever matches, so timing says nothing about which one
+        valid = False
+        for key in keys:
+            valid |= hmac.compare_digest(given, key)
+        if not given or not valid:
+            raise ApiError(401, "unauthorized", f"a valid API key is required in the {header} header")
+        return await handler(request)
+
+    return middleware
+
+
+AUTH_EXEMPT: web.AppKey[tuple[str, ...]] = web.AppKey("auth_exempt", tuple)
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, stopping early past ``limit``."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+#: JSON type names used in body schemas.
+_TYPES: dict[str, tuple[type, ...]] = {
+    "any": (object,), "object": (dict,), "string": (str,), "number": (int, float), "array": (list,),
+    "boolean": (bool,),
+}
+
+
+async def read_json(request: web.Request, fields: Mapping[str, str], required: tuple[str, ...] = ()) -> dict:
+    """The request's JSON object, checked: content type, size, depth, known fields and their types.
+
+    ``fields`` maps each accepted field to its JSON type (``any``, ``object``,
+    ``string``, ``number``, ``array``, ``boolean``); ``null`` is accepted for an
+    optional field and means "not given".
+    """
+    if request.content_type != "application/json":
+        raise ApiError(415, "unsupported_media_type",
+                       f"request bodies must be application/json (got {request.content_type or 'none'})")
+    text = await request.text()
+    try:
+        body = json.loads(text) if text.strip() else None
+    except ValueError as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "the request body must be a JSON object")
+    if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise ApiError(400, "bad_request", f"the request body is nested deeper than {MAX_JSON_DEPTH} levels")
+    for name, value in body.items():
+        if name not in fields:
+            raise ApiError(400, "unknown_field",
+                           f"unknown field {name!r} in request body (accepted: {', '.join(fields)})")
+        expected = _TYPES[fields[name]]
+        is_bool = isinstance(value, bool)
+        if value is not None and (not isinstance(value, expected) or (is_bool and bool not in expected)):
+            raise ApiError(400, "bad_request", f"field {name!r} must be of type {fields[name]}")
+    for name in required:
+        if body.get(name) is None:
+            raise ApiError(400, "bad_request", f"field {name!r} is required")
+    return {name: value for name, value in body.items() if value is not None}
+
+
+async def health(request: web.Request) -> web.Response:
+    """``GET /health``: each dependency's status; 503 when the store or the bus is down."""
+    report = await request.app[PLATFORM].health()
+    report["service"] = request.app[SERVICE]
+    return web.json_response(report, status=503 if report["status"] == "down" else 200)
+
+
+def make_app(platform: Any, service: str) -> web.Application:
+    """An application with the shared middlewares and ``GET /health``."""
+    middlewares = [error_middleware]
+    if platform.settings.api_auth_enabled:
+        middlewares.append(auth_middleware(platform.settings))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    app[PLATFORM] = platform
+    app[SERVICE] = service
+    app.router.add_get("/health", health)
+    return app

@@ -1,0 +1,60 @@
+"""Binding the HTTP services to their ports (one process runs every service)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from agentrunner.web import config, gateway, orchestrator, scheduler, state
+
+#: service name → (human name, settings attribute of its port, application factory)
+SERVICES: dict[str, tuple[str, str, Callable[[Any], web.Application]]] = {
+    "state": ("StateManager", "state_manager_port", state.create_app),
+    "config": ("ConfigurationService", "config_service_port", config.create_app),
+    "orchestrator": ("AgentOrchestrator", "orchestrator_port", orchestrator.create_app),
+    "scheduler": ("SchedulerService", "scheduler_service_port", scheduler.create_app),
+    "gateway": ("SlackGateway", "slack_gateway_port", gateway.create_app),
+}
+
+
+@attrs.define
+class ServiceRunner:
+    """The running services: where each listens, and how to stop them."""
+
+    runners: list[web.AppRunner]
+    urls: list[tuple[str, str]]
+
+    async def close(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+
+
+async def start_services(platform: Any, names: Iterable[str] | None = None, *,
+                         ports: dict[str, int] | None = None) -> ServiceRunner:
+    """Serve each named service (all by default) on ``BIND_HOST`` and its port.
+
+    ``ports`` overrides ports by service name (0 picks a free one, for tests).
+    """
+    settings = platform.settings
+    host = settings.bind_host
+    runners, urls = [], []
+    try:
+        for name in names or SERVICES:
+            human, port_attribute, factory = SERVICES[name]
+            runner = web.AppRunner(factory(platform), access_log=None, handle_signals=False)
+            await runner.setup()
+            runners.append(runner)
+            port = (ports or {}).get(name, getattr(settings, port_attribute))
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            await site.start()
+            bound = runner.addresses[-1][1] if runner.addresses else port
+            shown = f"[{host}]" if ":" in host else host
+            urls.append((human, f"http://{shown}:{bound}"))
+    except BaseException:
+        for runner in runners:
+            await runner.cleanup()
+        raise
+    return ServiceRunner(runners, urls)
