@@ -167,3 +167,73 @@ def test_plugin_commands_are_added_through_register_commands(tmp_path):
 
 def test_the_console_script_is_installed():
     assert shutil.which("agentrunner") or (Path(sys.executable).parent / "agentrunner").exists()
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _serve_env(workdir: Path) -> dict[str, str]:
+    names = ("STATE_MANAGER_PORT", "CONFIG_SERVICE_PORT", "ORCHESTRATOR_PORT", "SCHEDULER_SERVICE_PORT",
+             "SLACK_GATEWAY_PORT")
+    return {**dict(zip(names, map(str, _free_ports(5)), strict=True)), "SQLITE_PATH": str(workdir / "db.sqlite")}
+
+
+def test_run_prints_the_result_and_fails_with_exit_1(workdir):
+    result = run_cli("run", "support", "hello from the command line", cwd=workdir,
+                     env={"SQLITE_PATH": str(workdir / "db.sqlite")})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "hello from the command line\n"
+    unknown = run_cli("run", "nobody", "x", cwd=workdir, env={"SQLITE_PATH": str(workdir / "db.sqlite")})
+    assert unknown.returncode == 1 and "unknown agent 'nobody' (loaded: support)" in unknown.stderr
+
+
+def test_serve_prints_where_it_listens_and_drains_on_sigterm(workdir):
+    import signal
+    import urllib.request
+
+    env = _serve_env(workdir)
+    clean = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG", "PYTHONPATH")}
+    process = subprocess.Popen([sys.executable, "-m", "agentrunner", "serve"], cwd=workdir, env={**clean, **env},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while len(lines) < 20:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip("\n"))
+            if line.startswith("storage:"):
+                break
+        assert lines[0] == "agentrunner 0.1.0: 1 agents loaded: support"
+        assert f"AgentOrchestrator listening on http://127.0.0.1:{env['ORCHESTRATOR_PORT']}" in lines
+        assert f"StateManager listening on http://127.0.0.1:{env['STATE_MANAGER_PORT']}" in lines
+        assert lines[-1] == "storage: sqlite, event bus: memory, cache: memory"
+        url = f"http://127.0.0.1:{env['ORCHESTRATOR_PORT']}/agents/support/tasks"
+        ids = []
+        for number in range(20):
+            request = urllib.request.Request(url, data=json.dumps({"input": f"task {number}"}).encode(),
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=10) as response:
+                ids.append(json.loads(response.read())["execution_id"])
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        assert "stopped" in out
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # nothing lost, nothing left running: every execution is recorded, finished or queued for the next start
+    import sqlite3
+
+    rows = dict(sqlite3.connect(workdir / "db.sqlite").execute("SELECT execution_id, status FROM execution_history"))
+    assert set(ids) <= set(rows)
+    assert "running" not in rows.values()

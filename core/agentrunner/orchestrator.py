@@ -225,6 +225,7 @@ class Orchestrator:
         self._event_trie = TopicTrie()
         self._event_patterns: dict[str, frozenset[str]] = {}
         self._accepting = False
+        self._handlers = 0  # task messages being handled, from delivery to acknowledgement
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -260,13 +261,14 @@ class Orchestrator:
                 await subscription.cancel()
         for timer in self._timers:
             timer.cancel()
-        if self._running:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), grace)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
         for execution_id, inner in list(self._running.items()):
             # put back first, so the cancelled run cannot record a terminal status over it
             await self.store.update_execution(execution_id, expect_status=("running",), status="queued")
             inner.cancel()
+        with contextlib.suppress(TimeoutError):  # the cancelled handlers end at once
+            await asyncio.wait_for(self._idle.wait(), 5)
         for task in list(self._background):
             task.cancel()
 
@@ -402,7 +404,16 @@ class Orchestrator:
             await self._slots.acquire()
 
     async def _on_task(self, event: Event) -> None:
-        execution_id = event.payload["execution_id"]
+        self._handlers += 1
+        self._idle.clear()
+        try:
+            await self._handle_task(event.payload["execution_id"])
+        finally:
+            self._handlers -= 1
+            if not self._handlers:
+                self._idle.set()
+
+    async def _handle_task(self, execution_id: str) -> None:
         async with self._slots:
             if not self._accepting:
                 return  # stopping: the execution stays queued in the store and is recovered on the next start
@@ -471,7 +482,6 @@ class Orchestrator:
         execution_id = ctx.task.execution_id
         inner = asyncio.ensure_future(mode.execute(ctx))
         self._running[execution_id] = inner
-        self._idle.clear()
         try:
             done, _ = await asyncio.wait({inner}, timeout=soft)
             if done:
@@ -487,8 +497,6 @@ class Orchestrator:
             raise
         finally:
             self._running.pop(execution_id, None)
-            if not self._running:
-                self._idle.set()
 
     async def _save_state(self, agent_name: str, stored: Any, state: dict[str, Any]) -> None:
         from agentrunner.records import AgentState
