@@ -237,3 +237,15 @@ def test_serve_prints_where_it_listens_and_drains_on_sigterm(workdir):
     rows = dict(sqlite3.connect(workdir / "db.sqlite").execute("SELECT execution_id, status FROM execution_history"))
     assert set(ids) <= set(rows)
     assert "running" not in rows.values()
+
+
+def test_a_backend_whose_plugin_is_missing_names_the_distribution(workdir):
+    result = run_cli("run", "support", "x", cwd=workdir, env={"POSTGRES_HOST": "db.example.com"})
+    assert result.returncode == 1
+    assert "STATE_BACKEND: unknown state store 'postgres'" in result.stderr
+    assert "pip install agentrunner-postgres" in result.stderr
+
+
+def test_serve_refuses_production_without_authentication(workdir):
+    result = run_cli("serve", cwd=workdir, env={"ENVIRONMENT": "production"})
+    assert result.returncode == 1 and "API_AUTH_ENABLED" in result.stderr

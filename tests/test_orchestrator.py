@@ -394,3 +394,33 @@ async def test_a_continuous_agent_keeps_its_conversation_across_tasks_and_restar
     assert state.conversation_history == state.state_data["conversation_history"]
     assert state.version == 3
     assert (await second.store.get_state("chatty")).version == 3  # written through to the store
+
+
+async def test_hot_reload_reaches_the_running_orchestrator(make_platform, agents_dir):
+    platform = await make_platform(CONFIG_HOT_RELOAD="true")
+    assert platform.config.watching
+    (agents_dir / "late.yaml").write_text(agent_yaml("late", extra="""\
+        event_subscriptions: ["late.*"]
+        """))
+    for _ in range(300):  # within 2 s, without a restart
+        if platform.config.get("late") is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert (await submit_and_wait(platform, "late", "hello")).result == "hello"
+    await platform.orchestrator.publish_event("late.news", "extra")
+    for _ in range(200):
+        page, _ = await platform.store.list_executions(agent_name="late")
+        if len(page) == 2 and all(e.terminal for e in page):
+            break
+        await asyncio.sleep(0.01)
+    assert {e.input for e in page} == {"hello", "extra"}
+
+
+async def test_blocking_work_runs_on_orchestrator_worker_threads(make_platform):
+    import threading
+
+    await make_platform(ORCHESTRATOR_WORKER_THREADS="3")
+    names = await asyncio.gather(*(asyncio.to_thread(lambda: (threading.current_thread().name, __import__("time")
+                                                               .sleep(0.05))[0]) for _ in range(9)))
+    assert {name.rsplit("_", 1)[0] for name in names} == {"agentrunner-worker"}
+    assert len(set(names)) == 3

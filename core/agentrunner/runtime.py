@@ -6,8 +6,10 @@ HTTP services and plugins reach every component through it.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agentrunner.config_service import ConfigurationService
@@ -53,6 +55,11 @@ class Platform:
 
         ``recover`` re-queues executions a previous process left unfinished.
         """
+        # Blocking work (sync function tools, file reads of hot reload) runs on this many threads.
+        loop = asyncio.get_running_loop()
+        # (asyncio.run and the test loops shut the default executor down with the loop)
+        loop.set_default_executor(ThreadPoolExecutor(self.settings.orchestrator_worker_threads,
+                                                     thread_name_prefix="agentrunner-worker"))
         self.config.load()
         await self.store.start()
         await self.bus.start()

@@ -933,7 +933,7 @@ NO_EFFECT: dict[str, str] = {
                  "LOG_MAX_SIZE", "LOG_BACKUP_COUNT", "LOG_ROTATION"),
     **_no_effect("the state stores do not compress state yet", "STATE_COMPRESSION_ENABLED",
                  "STATE_COMPRESSION_THRESHOLD"),
-    **_no_effect("the orchestrator does not read it yet", "ORCHESTRATOR_WORKER_THREADS", "TASK_ROUTING_STRATEGY",
+    **_no_effect("the orchestrator does not read it yet", "TASK_ROUTING_STRATEGY",
                  "AGENT_REGISTRATION_TIMEOUT", "AGENT_HEALTH_CHECK_INTERVAL", "AGENT_UNRESPONSIVE_THRESHOLD"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they
     # choose the backend, and start-up names the plugin to install.)
