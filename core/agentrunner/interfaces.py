@@ -251,6 +251,11 @@ class StateStore(Protocol):
         """Set ``fields``; with ``expect_status`` only when the current status is one of them.
         Returns whether a row changed (a compare-and-set for status transitions)."""
 
+    async def claim_execution(self, execution_id: str, started_at: Any) -> Any | None:
+        """Start an attempt: if the status is ``queued`` or ``running`` (a crashed attempt), set
+        ``running``, ``started_at``, clear ``error_message``, add one to ``attempts``, and return the
+        updated execution; otherwise (finished, cancelled, unknown) return None. One round trip."""
+
     async def list_executions(self, *, agent_name: str | None = None, status: str | None = None,
                               limit: int = 50, cursor: str | None = None) -> tuple[list[Any], str | None]:
         """Newest first; returns the page and the cursor of the next page (None at the end)."""
