@@ -11,6 +11,7 @@ runs a finished execution again.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -36,6 +37,8 @@ log = logging.getLogger("agentrunner.orchestrator")
 #: An event chain deeper than this is dropped (DESIGN.md: the loop guard).
 MAX_CHAIN_DEPTH = 8
 EXECUTION_EVENTS = ("agent.execution.completed", "agent.execution.failed")
+#: How many finished executions each process remembers for wait() (bounded: memory stays flat).
+FINISHED_KEPT = 1024
 EVENTS_QUEUE = "agentrunner.events"
 
 
@@ -215,6 +218,10 @@ class Orchestrator:
         self.slots = slots or max(1, settings.worker_processes * settings.worker_threads_per_process)
         self._slots = asyncio.Semaphore(self.slots)
         self._waiters: dict[str, list[asyncio.Future]] = {}
+        # Executions this process submitted and has not seen finish, and the last ones it saw finish:
+        # wait() needs no store read for them (the common case: HTTP submit with `wait`).
+        self._submitted: set[str] = set()
+        self._finished: collections.OrderedDict[str, Execution] = collections.OrderedDict()
         self._running: dict[str, asyncio.Future] = {}  # execution id → its mode's future
         self._questions: dict[str, asyncio.Future] = {}  # execution id → the answer a human will give
         self._agent_locks: dict[str, asyncio.Lock] = {}
@@ -307,6 +314,7 @@ class Orchestrator:
         )
         stored, created = await self.store.create_execution(execution)
         if created:
+            self._submitted.add(stored.execution_id)
             await self._publish_task(agent, stored)
         return stored, created
 
@@ -320,9 +328,13 @@ class Orchestrator:
         future = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(execution_id, []).append(future)
         try:
-            execution = await self.store.get_execution(execution_id)
-            if execution is None or execution.terminal or execution.status == "awaiting_input":
+            execution = self._finished.get(execution_id)
+            if execution is not None:
                 return execution
+            if execution_id not in self._submitted:  # not ours, or asked for later: the store knows
+                execution = await self.store.get_execution(execution_id)
+                if execution is None or execution.terminal or execution.status == "awaiting_input":
+                    return execution
             with contextlib.suppress(TimeoutError):
                 return await asyncio.wait_for(asyncio.shield(future), timeout)
             return await self.store.get_execution(execution_id)
@@ -334,6 +346,11 @@ class Orchestrator:
                 self._waiters.pop(execution_id, None)
 
     def _wake(self, execution: Execution) -> None:
+        if execution.terminal:
+            self._submitted.discard(execution.execution_id)
+            self._finished[execution.execution_id] = execution
+            if len(self._finished) > FINISHED_KEPT:
+                self._finished.popitem(last=False)
         for future in self._waiters.get(execution.execution_id, []):
             if not future.done():
                 future.set_result(execution)
@@ -341,7 +358,8 @@ class Orchestrator:
     async def _on_execution_event(self, event: Event) -> None:
         """Wake local waiters of executions finished by another process."""
         execution_id = (event.payload or {}).get("execution_id")
-        if execution_id in self._waiters:
+        self._submitted.discard(execution_id)  # finished, here or elsewhere
+        if any(not future.done() for future in self._waiters.get(execution_id, ())):
             execution = await self.store.get_execution(execution_id)
             if execution is not None:
                 self._wake(execution)
@@ -388,6 +406,8 @@ class Orchestrator:
         if not reset:
             raise InvalidTransition(f"execution {letter.execution_id} is not failed; it cannot be retried")
         await self.store.delete_dead_letter(item_id)
+        self._finished.pop(letter.execution_id, None)  # it is not finished any more
+        self._submitted.add(letter.execution_id)
         execution = await self.store.get_execution(letter.execution_id)
         await self._publish_task(agent, execution)
         return execution
@@ -407,37 +427,34 @@ class Orchestrator:
         self._handlers += 1
         self._idle.clear()
         try:
-            await self._handle_task(event.payload["execution_id"])
+            await self._handle_task(event.payload["execution_id"], event.payload["agent_name"])
         finally:
             self._handlers -= 1
             if not self._handlers:
                 self._idle.set()
 
-    async def _handle_task(self, execution_id: str) -> None:
+    async def _handle_task(self, execution_id: str, agent_name: str) -> None:
         async with self._slots:
             if not self._accepting:
                 return  # stopping: the execution stays queued in the store and is recovered on the next start
-            execution = await self.store.get_execution(execution_id)
-            if execution is None or execution.terminal or execution_id in self._running:
-                return  # a redelivery of a finished (or cancelled) execution: nothing to do
-            agent = self.config.get(execution.agent_name)
+            if execution_id in self._running:
+                return  # a redelivery while this process runs it
+            agent = self.config.get(agent_name)
             if agent is None:
-                await self._finish(execution, "failed", error=f"agent {execution.agent_name!r} is not loaded")
+                execution = await self.store.get_execution(execution_id)
+                if execution is not None and not execution.terminal:
+                    await self._finish(execution, "failed", error=f"agent {agent_name!r} is not loaded")
                 return
             mode = self.registry.execution_modes[agent.execution_mode]
             lock = self._agent_locks.setdefault(agent.name, asyncio.Lock()) if getattr(
                 mode, "ordered", agent.execution_mode == "continuous") else contextlib.nullcontext()
             async with lock:
-                await self._run(agent, mode, execution)
+                # the claim reads the execution too; None: finished, cancelled or unknown (a redelivery)
+                execution = await self.store.claim_execution(execution_id, utcnow())
+                if execution is not None:
+                    await self._run(agent, mode, execution)
 
     async def _run(self, agent: Any, mode: Any, execution: Execution) -> None:
-        started = utcnow()
-        claimed = await self.store.update_execution(
-            execution.execution_id, expect_status=("queued", "running"), status="running", started_at=started,
-            attempts=execution.attempts + 1, error_message=None)
-        if not claimed:
-            return  # cancelled between delivery and claim
-        execution.status, execution.started_at, execution.attempts = "running", started, execution.attempts + 1
         uses_state = getattr(mode, "uses_state", agent.execution_mode not in ("autonomous", "scheduled"))
         stored_state = await self.state.get(agent.name) if uses_state else None
         state = dict(stored_state.state_data) if stored_state else {}

@@ -585,6 +585,19 @@ class SQLiteStateStore:
 
         return await self._write(op, savepoint=False)
 
+    async def claim_execution(self, execution_id: str, started_at: datetime) -> Execution | None:
+        """Start an attempt (``queued``/``running`` → ``running``, attempts + 1) and return the execution."""
+        sql = ("UPDATE execution_history SET status = 'running', started_at = ?, error_message = NULL, "
+               "attempts = attempts + 1, duration_seconds = NULL "
+               "WHERE execution_id = ? AND status IN ('queued', 'running') RETURNING *")
+
+        async def op(conn: aiosqlite.Connection) -> Any:
+            rows = await conn.execute_fetchall(sql, (_ts(started_at), execution_id))
+            return rows[0] if rows else None
+
+        row = await self._write(op, savepoint=False)
+        return _execution_from_row(row) if row is not None else None
+
     async def list_executions(self, *, agent_name: str | None = None, status: str | None = None,
                               limit: int = 50, cursor: str | None = None) -> tuple[list[Execution], str | None]:
         """Newest first (``created_at``, then id); the cursor is opaque and keeps the filters' order."""
