@@ -33,6 +33,7 @@ import sqlite3
 import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -279,6 +280,35 @@ class _WriteOp:
     savepoint: bool
 
 
+class _SyncConnection:
+    """A plain sqlite3 connection behind the interface the write operations await.
+
+    The writer runs a whole batch in its own thread, driving each operation's
+    coroutine by hand (``_drive``): its awaits complete at once, so a batch costs
+    one thread round trip instead of one per statement.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return self._conn.execute(sql, params).fetchall()
+
+
+def _drive(coroutine: Any) -> Any:
+    """Run a coroutine that awaits only ``_SyncConnection`` methods to its end, synchronously."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return stop.value
+    coroutine.close()
+    raise RuntimeError("a SQLite write operation awaited something other than its connection")
+
+
 class SQLiteStateStore:
     """The embedded state store (``STATE_BACKEND=sqlite``), see the module docstring.
 
@@ -296,7 +326,9 @@ class SQLiteStateStore:
     def __init__(self, settings: Any = None) -> None:
         self.path = str(getattr(settings, "sqlite_path", None) or "agentrunner.db")
         self._tempdir: str | None = None
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: aiosqlite.Connection | None = None  # set up and migrations
+        self._batch_connection: sqlite3.Connection | None = None  # the writer thread's connection
+        self._writer_thread: ThreadPoolExecutor | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._reader_cycle: itertools.cycle[aiosqlite.Connection] | None = None
         self._pending: deque[_WriteOp] = deque()
@@ -331,6 +363,9 @@ class SQLiteStateStore:
                             path, mode)
             await self._writer.execute_fetchall("PRAGMA synchronous=NORMAL")
             await self._migrate(self._writer, path)
+            self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="agentrunner-sqlite-writer")
+            self._batch_connection = await asyncio.get_running_loop().run_in_executor(
+                self._writer_thread, self._connect_batch_writer, path)
             for _ in range(max(1, self.read_connections)):
                 reader = await self._connect(aiosqlite, path)
                 await reader.execute_fetchall("PRAGMA query_only=ON")
@@ -369,6 +404,14 @@ class SQLiteStateStore:
             raise StoreUnavailable(f"the SQLite store's writer has stopped: {self._broken!r}")
         await self._read("SELECT 1")
 
+    def _connect_batch_writer(self, path: str) -> sqlite3.Connection:
+        # runs in the writer thread, the only thread that uses this connection
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
     async def _connect(self, aiosqlite: Any, path: str) -> aiosqlite.Connection:
         # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE … COMMIT per batch).
         # check_same_thread=False lets the event loop read `in_transaction` while the thread is idle.
@@ -402,6 +445,13 @@ class SQLiteStateStore:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
+        if self._batch_connection is not None and self._writer_thread is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._batch_connection.close)
+        if self._writer_thread is not None:
+            self._writer_thread.shutdown(wait=False)
+        self._batch_connection = None
+        self._writer_thread = None
         self._readers = []
         self._reader_cycle = None
         self._writer = None
@@ -448,17 +498,10 @@ class SQLiteStateStore:
         batch = [op for op in batch if not op.future.done()]
         if not batch:
             return
-        conn = self._writer
-        assert conn is not None
-        outcomes: list[tuple[bool, Any]] = []
         try:
-            await conn.execute_fetchall("BEGIN IMMEDIATE")
-            for op in batch:
-                outcomes.append(await self._apply(conn, op))
-            await conn.execute_fetchall("COMMIT")
+            outcomes = await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._apply_batch,
+                                                                        batch)
         except BaseException as exc:  # nothing of this batch is committed: every caller learns it
-            with contextlib.suppress(Exception):
-                await conn.execute_fetchall("ROLLBACK")
             for op in batch:
                 if not op.future.done():
                     op.future.set_exception(_unavailable(exc))
@@ -475,22 +518,38 @@ class SQLiteStateStore:
             else:
                 op.future.set_exception(value)
 
-    async def _apply(self, conn: aiosqlite.Connection, op: _WriteOp) -> tuple[bool, Any]:
+    def _apply_batch(self, batch: list[_WriteOp]) -> list[tuple[bool, Any]]:
+        """In the writer thread: one transaction for the whole batch."""
+        conn = self._batch_connection
+        assert conn is not None
+        adapter = _SyncConnection(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes = [self._apply(conn, adapter, op) for op in batch]
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            raise
+        return outcomes
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, adapter: _SyncConnection, op: _WriteOp) -> tuple[bool, Any]:
         """Run one operation inside the batch; its failure is returned, not raised."""
         if op.savepoint:
-            await conn.execute_fetchall("SAVEPOINT op")
+            conn.execute("SAVEPOINT op")
         try:
-            value = await op.fn(conn)
+            value = _drive(op.fn(adapter))
         except Exception as exc:
             if op.savepoint:
                 # Raises (failing the whole batch) if SQLite already rolled the transaction back.
-                await conn.execute_fetchall("ROLLBACK TO op")
-                await conn.execute_fetchall("RELEASE op")
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
             elif not conn.in_transaction:
                 raise  # SQLite rolled the whole transaction back (disk full, I/O error): the batch fails
             return False, exc
         if op.savepoint:
-            await conn.execute_fetchall("RELEASE op")
+            conn.execute("RELEASE op")
         return True, value
 
     def _fail_pending(self, error: StoreUnavailable) -> None:
