@@ -201,6 +201,7 @@ class EventBus(Protocol):
     compete for its messages. A handler that returns acknowledges the message;
     one that raises has it delivered again, up to ``max_deliveries`` times, then
     dead-lettered. ``publish`` returns once the bus has accepted the message.
+    A bus whose messages never leave the process sets ``process_local = True``.
     """
 
     name: ClassVar[str] | str

@@ -251,10 +251,11 @@ class Orchestrator:
             await self.sync_event_subscriptions()
             if recover:
                 await self._recover()
-        waiters = await self.bus.subscribe(f"agentrunner.waiters.{new_id()}", list(EXECUTION_EVENTS),
-                                           self._on_execution_event, concurrency=4,
-                                           exclusive=True)
-        self._subscriptions.append(waiters)
+        if not getattr(self.bus, "process_local", False):
+            # executions finished by other processes wake this process's waiters through the bus
+            waiters = await self.bus.subscribe(f"agentrunner.waiters.{new_id()}", list(EXECUTION_EVENTS),
+                                               self._on_execution_event, concurrency=4, exclusive=True)
+            self._subscriptions.append(waiters)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop intake, let running executions finish within ``grace`` seconds, then stop.

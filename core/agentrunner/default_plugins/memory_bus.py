@@ -99,6 +99,8 @@ class MemoryEventBus:
     """Topic routing between the components of one process (the embedded default)."""
 
     name = "memory"
+    #: Messages never leave this process: whoever waits for an execution here also runs it.
+    process_local = True
 
     def __init__(self, settings: Any = None) -> None:
         self._queues: dict[str, _Queue] = {}
