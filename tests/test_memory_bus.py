@@ -35,6 +35,10 @@ async def test_a_poison_message_is_dead_lettered_after_max_deliveries(bus):
 
 
 async def test_a_payload_that_is_not_json_fails_at_the_publisher(bus):
+    async def handle(event):
+        pass
+
+    await bus.subscribe("q", ["k"], handle)
     with pytest.raises(TypeError):
         await bus.publish("k", {"when": object()})
 

@@ -4,7 +4,7 @@ Routing follows RabbitMQ's topic exchange exactly (``agentrunner.topics``):
 each published message is copied to every queue with a matching binding, and
 the consumers of one queue compete for its messages. Payloads are serialised
 to JSON on publish, so what a consumer receives is what another bus would
-deliver, and a payload that is not JSON-able fails at the publisher.
+deliver, and a routed payload that is not JSON-able fails at the publisher.
 """
 
 from __future__ import annotations
@@ -123,9 +123,12 @@ class MemoryEventBus:
             raise ConnectionError("the in-memory event bus is not started")
 
     async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None) -> None:
+        targets = self._trie.match(routing_key)
+        if not targets:
+            return  # unroutable, as on a topic exchange: dropped (and never serialised)
         body = json.dumps(payload, ensure_ascii=False)
         message_id = new_id()
-        for queue_name in self._trie.match(routing_key):
+        for queue_name in targets:
             queue = self._queues[queue_name]
             queue.messages.put_nowait((routing_key, body, dict(headers or {}), message_id, 0))
 
