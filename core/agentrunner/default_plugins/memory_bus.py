@@ -22,6 +22,9 @@ from agentrunner.topics import TopicTrie, validate_pattern
 
 log = logging.getLogger("agentrunner.bus.memory")
 
+#: One encoder for every message: json.dumps with options builds a new encoder per call.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
 #: Deliveries of one message before a handler that keeps failing has it dead-lettered.
 MAX_DELIVERIES = 5
 
@@ -126,7 +129,7 @@ class MemoryEventBus:
         targets = self._trie.match(routing_key)
         if not targets:
             return  # unroutable, as on a topic exchange: dropped (and never serialised)
-        body = json.dumps(payload, ensure_ascii=False)
+        body = _encode(payload)
         message_id = new_id()
         for queue_name in targets:
             queue = self._queues[queue_name]

@@ -151,8 +151,16 @@ def _dt(text: str | None) -> datetime | None:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+#: One encoder for every value: json.dumps with options builds a new encoder per call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def _json(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if value is None:
+        return None
+    if value == {}:  # most data/usage/details of a new execution
+        return "{}"
+    return _encode(value)
 
 
 def _load(text: str | None, default: Callable[[], Any] | None = None) -> Any:
