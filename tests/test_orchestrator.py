@@ -125,6 +125,16 @@ async def submit_and_wait(platform: Platform, agent: str, value, timeout: float 
     return await platform.orchestrator.wait(execution.execution_id, timeout)
 
 
+async def finished_executions(platform: Platform, agent: str, count: int = 1, timeout: float = 5.0):
+    """The agent's executions, newest first, once `count` of them have a terminal status (or at the timeout)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        page, _ = await platform.store.list_executions(agent_name=agent, limit=500)
+        if sum(e.terminal for e in page) >= count or asyncio.get_running_loop().time() > deadline:
+            return page
+        await asyncio.sleep(0.01)
+
+
 async def test_a_task_runs_to_completion_with_result_timing_trace_and_usage(make_platform):
     platform = await make_platform()
     events = []
@@ -276,11 +286,7 @@ async def test_a_mode_can_run_another_agent_and_publish(make_platform, agents_di
     children, _ = await platform.store.list_executions(agent_name="echo-agent")
     assert children[0].parent_execution_id == finished.execution_id
     assert children[0].trace_id == finished.trace_id
-    for _ in range(200):
-        heard, _ = await platform.store.list_executions(agent_name="listener")
-        if heard and heard[0].status == "completed":
-            break
-        await asyncio.sleep(0.01)
+    heard = await finished_executions(platform, "listener")
     assert heard[0].input == {"child": "child of p"}
     assert heard[0].data["routing_key"] == "custom.parent.done"
 
@@ -292,11 +298,7 @@ async def test_events_become_tasks_for_subscribed_agents(make_platform, agents_d
     platform = await make_platform()
     await platform.orchestrator.publish_event("customer.ticket.created", {"id": 7})
     await platform.orchestrator.publish_event("customer.order.created", {"id": 8})
-    for _ in range(200):
-        page, _ = await platform.store.list_executions(agent_name="tickets")
-        if page and page[0].status == "completed":
-            break
-        await asyncio.sleep(0.01)
+    page = await finished_executions(platform, "tickets")
     assert len(page) == 1
     assert page[0].input == {"id": 7}
     assert page[0].data == {"routing_key": "customer.ticket.created", "event": {"id": 7}, "chain_depth": 0}
@@ -352,11 +354,7 @@ async def test_an_agent_added_while_running_can_take_tasks(make_platform, agents
     await platform.config.reload()
     assert (await submit_and_wait(platform, "newcomer", "hi")).result == "hi"
     await platform.orchestrator.publish_event("hello.world", "from an event")
-    for _ in range(200):
-        page, _ = await platform.store.list_executions(agent_name="newcomer")
-        if len(page) == 2 and page[0].terminal:
-            break
-        await asyncio.sleep(0.01)
+    page = await finished_executions(platform, "newcomer", 2)
     assert page[0].input == "from an event"
 
 
@@ -408,11 +406,7 @@ async def test_hot_reload_reaches_the_running_orchestrator(make_platform, agents
         await asyncio.sleep(0.01)
     assert (await submit_and_wait(platform, "late", "hello")).result == "hello"
     await platform.orchestrator.publish_event("late.news", "extra")
-    for _ in range(200):
-        page, _ = await platform.store.list_executions(agent_name="late")
-        if len(page) == 2 and all(e.terminal for e in page):
-            break
-        await asyncio.sleep(0.01)
+    page = await finished_executions(platform, "late", 2)
     assert {e.input for e in page} == {"hello", "extra"}
 
 
