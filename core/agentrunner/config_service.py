@@ -142,10 +142,6 @@ class ConfigurationService:
     @classmethod
     def from_settings(cls, settings: Any, registry: Registry) -> ConfigurationService:
         """Build the service from the platform settings (``CONFIG_*`` variables)."""
-        if getattr(settings, "config_validate_on_load", True) is False:
-            # Agent files cannot be loaded without structuring them, which is the
-            # validation; say so rather than pretend the setting did something.
-            logger.warning("CONFIG_VALIDATE_ON_LOAD=false has no effect: agent files are always validated")
         return cls(
             Path(getattr(settings, "config_agents_dir", None) or "config/agents"),
             LoaderOptions.from_settings(settings),

@@ -921,6 +921,8 @@ NO_EFFECT: dict[str, str] = {
                  "STATE_MANAGER_HOST", "CONFIG_SERVICE_HOST"),
     **_no_effect("agent configurations are always held in memory and reloaded on change",
                  "CONFIG_CACHE_ENABLED"),
+    **_no_effect("agent files are always validated: loading one is structuring it, which is the validation",
+                 "CONFIG_VALIDATE_ON_LOAD"),
     **_no_effect("worker processes are not recycled", "WORKER_MAX_REQUESTS", "WORKER_MAX_REQUESTS_JITTER"),
     # Read by parts of the platform that are not written yet.
     **_no_effect(_HTTP, "TLS_ENABLED", "TLS_CERT_PATH", "TLS_KEY_PATH", "TLS_CA_PATH", "TLS_MIN_VERSION",
