@@ -83,7 +83,14 @@ class ScriptedModes:
                 await outer.gate.wait()
                 return "opened"
 
-        for mode in (Flaky(), Sleepy(), Stubborn(), Parent(), Gate()):
+        class Asker:
+            name = "asker"
+
+            async def execute(self, ctx):
+                answer = await ctx.ask(f"which colour for {ctx.task.input}?")
+                return f"{ctx.task.input} in {answer}"
+
+        for mode in (Flaky(), Sleepy(), Stubborn(), Parent(), Gate(), Asker()):
             register(mode)
 
 
@@ -418,3 +425,20 @@ async def test_blocking_work_runs_on_orchestrator_worker_threads(make_platform):
                                                                .sleep(0.05))[0]) for _ in range(9)))
     assert {name.rsplit("_", 1)[0] for name in names} == {"agentrunner-worker"}
     assert len(set(names)) == 3
+
+
+async def test_a_human_answers_a_question_and_the_execution_resumes(make_platform, agents_dir):
+    (agents_dir / "asker.yaml").write_text(agent_yaml("asker", "asker"))
+    platform = await make_platform(WORKER_PROCESSES="1", WORKER_THREADS_PER_PROCESS="1")
+    waiting = await submit_and_wait(platform, "asker", "the logo")
+    assert waiting.status == "awaiting_input"
+    assert waiting.details["question"] == "which colour for the logo?"
+    # waiting for a human holds no worker slot: another task runs meanwhile (one slot in all)
+    assert (await submit_and_wait(platform, "echo-agent", "meanwhile")).result == "meanwhile"
+    with pytest.raises(InvalidTransition):
+        await platform.orchestrator.provide_input("no-such-execution", "red")
+    resumed = await platform.orchestrator.provide_input(waiting.execution_id, "blue")
+    assert resumed.status == "running"
+    finished = await platform.orchestrator.wait(waiting.execution_id, 5)
+    assert finished.status == "completed" and finished.result == "the logo in blue"
+    assert finished.details["answers"] == [{"question": "which colour for the logo?", "answer": "blue"}]
