@@ -243,6 +243,28 @@ class StateStoreContract:
         winner = results.index(True)
         assert (await store.get_execution(execution.execution_id)).details == {"worker": winner}
 
+    async def test_claim_starts_an_attempt_and_returns_the_execution(self, store: Any) -> None:
+        execution = make_execution(_name(), input={"q": "é"}, data={"k": 1}, error_message="earlier failure")
+        await store.create_execution(execution)
+        started = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
+        claimed = await store.claim_execution(execution.execution_id, started)
+        assert claimed.status == "running" and claimed.attempts == 1
+        assert claimed.started_at == started and claimed.error_message is None
+        assert claimed.input == {"q": "é"} and claimed.data == {"k": 1}
+        assert claimed == await store.get_execution(execution.execution_id)
+        # a crashed attempt left it running: the next claim starts attempt 2
+        again = await store.claim_execution(execution.execution_id, started + timedelta(seconds=1))
+        assert again.attempts == 2 and again.status == "running"
+
+    async def test_finished_cancelled_or_unknown_executions_cannot_be_claimed(self, store: Any) -> None:
+        for status in ("completed", "failed", "timed_out", "cancelled", "awaiting_input"):
+            execution = make_execution(_name(), status=status)
+            await store.create_execution(execution)
+            assert await store.claim_execution(execution.execution_id, datetime.now(UTC)) is None
+            stored = await store.get_execution(execution.execution_id)
+            assert stored.status == status and stored.attempts == 0
+        assert await store.claim_execution(new_id(), datetime.now(UTC)) is None
+
     async def test_update_rejects_unknown_fields(self, store: Any) -> None:
         execution = make_execution(_name())
         await store.create_execution(execution)
