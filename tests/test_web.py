@@ -10,6 +10,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+import agentrunner
+from agentrunner.plugins import make_plugin_manager
 from agentrunner.runtime import Platform
 from agentrunner.settings import load_settings
 from agentrunner.web import config as config_service
@@ -254,3 +256,45 @@ async def test_all_five_services_listen_on_loopback(platform):
                     assert response.status == 200 and (await response.json())["service"] == name
     finally:
         await runner.close()
+
+
+class AskerPlugin:
+    """A mode that asks a human before answering."""
+
+    @agentrunner.hookimpl
+    def register_execution_modes(self, register):
+        class Asker:
+            name = "asker"
+
+            async def execute(self, ctx):
+                return f"{ctx.task.input}: {await ctx.ask('really?')}"
+
+        register(Asker())
+
+
+async def test_a_human_answers_over_http(tmp_path, aiohttp_client):
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "asker.yaml").write_text(textwrap.dedent("""\
+        name: asker
+        agent_type: assistant
+        execution_mode: asker
+        llm_config: {temperature: 0.7}
+        system_prompt: Ask first.
+        """))
+    settings = load_settings(environ={"SQLITE_PATH": str(tmp_path / "db.sqlite"), "CONFIG_AGENTS_DIR": str(agents),
+                                      "CONFIG_HOT_RELOAD": "false"}, env_file=None)
+    platform = Platform(settings, pm=make_plugin_manager(load_entry_points=False,
+                                                         extra_plugins=[(AskerPlugin(), "asker")]))
+    await platform.start()
+    try:
+        api = await aiohttp_client(orchestrator_service.create_app(platform))
+        status, waiting = await post(api, "/agents/asker/tasks", {"input": "ship it", "wait": 5})
+        assert status == 200 and waiting["status"] == "awaiting_input"
+        assert waiting["details"]["question"] == "really?"
+        status, body = await post(api, f"/executions/{waiting['execution_id']}/input", {"input": "yes"})
+        assert status == 200 and body["status"] == "running"
+        finished = await platform.orchestrator.wait(waiting["execution_id"], 5)
+        assert finished.result == "ship it: yes"
+    finally:
+        await platform.stop(grace=1)
