@@ -5,10 +5,15 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
+
+from agentrunner.interfaces import StoreUnavailable
+from agentrunner.runtime import Platform
+from agentrunner.settings import VARIABLES
 
 log = logging.getLogger("agentrunner.http")
 
@@ -17,7 +22,7 @@ MAX_BODY_BYTES = 1024 * 1024
 #: Deepest JSON nesting a request body may have.
 MAX_JSON_DEPTH = 32
 
-PLATFORM: web.AppKey[Any] = web.AppKey("platform", object)
+PLATFORM: web.AppKey[Platform] = web.AppKey("platform", Platform)
 SERVICE: web.AppKey[str] = web.AppKey("service", str)
 
 
@@ -49,6 +54,10 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
     except web.HTTPRequestEntityTooLarge:
         raise ApiError(413, "payload_too_large",
                        f"the request body is larger than {MAX_BODY_BYTES} bytes") from None
+    except StoreUnavailable:
+        log.exception("%s %s: the state store is unavailable", request.method, request.path)
+        raise ApiError(503, "unavailable", "the state store is unavailable; try again later",
+                       headers={"Retry-After": "5"}) from None
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -74,7 +83,8 @@ def auth_middleware(settings: Any):
     async def middleware(request: web.Request, handler):
         if request.path == "/health" or request.path in request.app.get(AUTH_EXEMPT, ()):
             return await handler(request)
-        given = request.headers.get(header, "").encode()
+        # surrogateescape: a header with non-UTF-8 bytes is a wrong key (401), not a server error
+        given = request.headers.get(header, "").encode("utf-8", "surrogateescape")
         # compare with every key, whatever matches, so timing says nothing about which one
         valid = False
         for key in keys:
@@ -105,6 +115,11 @@ def _depth(value: Any, limit: int) -> int:
     return deepest
 
 
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; accepted, they would make the responses invalid JSON too
+    raise ValueError(f"{name} is not a JSON value")
+
+
 #: JSON type names used in body schemas.
 _TYPES: dict[str, tuple[type, ...]] = {
     "any": (object,), "object": (dict,), "string": (str,), "number": (int, float), "array": (list,),
@@ -122,11 +137,13 @@ async def read_json(request: web.Request, fields: Mapping[str, str], required: t
     if request.content_type != "application/json":
         raise ApiError(415, "unsupported_media_type",
                        f"request bodies must be application/json (got {request.content_type or 'none'})")
-    text = await request.text()
     try:
-        body = json.loads(text) if text.strip() else None
-    except ValueError as exc:
-        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+        text = (await request.read()).decode("utf-8")
+        body = json.loads(text, parse_constant=_refuse_constant) if text.strip() else None
+    except RecursionError:  # the C decoder gives up long before 1 MiB of "[" ends
+        raise ApiError(400, "bad_request", f"the request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+        raise ApiError(400, "invalid_json", f"the request body is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the request body must be a JSON object")
     if _depth(body, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
@@ -152,6 +169,57 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(report, status=503 if report["status"] == "down" else 200)
 
 
+# --- Keeping secrets out of responses ------------------------------------------
+
+#: Variables outside the settings reference whose values are treated as secrets (the reference's
+#: own secrets are known: the settings hold them as ``Secret``).
+SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|PRIVATE|SIGNING|AUTH|COOKIE|"
+                         r"SESSION|(^|_)PASS($|_)|(^|_)DSN($|_)|DATABASE_URL$", re.IGNORECASE)
+#: Shorter values are not hidden: they would garble every message containing them, and are no secret.
+MIN_SECRET_LENGTH = 6
+REDACTED = "***"
+
+
+class Redactor:
+    """Hides secret values inside any JSON-able value: the values of secret-looking environment
+    variables and of the settings' secrets, wherever ``${VAR}`` put them (a URL, a prompt, an error)."""
+
+    def __init__(self, values: Iterable[str]) -> None:
+        found = sorted({value for value in values if len(value) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, found))) if found else None
+
+    @classmethod
+    def from_settings(cls, settings: Any, also: Iterable[str] = ()) -> Redactor:
+        """The settings' secrets, and the values of other variables whose names look secret."""
+        values = [value.get_secret_value() for value in _attributes(settings) if hasattr(value, "get_secret_value")]
+        environ = getattr(settings, "environ", None) or {}
+        values += [value for name, value in environ.items() if name not in VARIABLES and SECRET_NAME.search(name)]
+        # a comma-separated list (API_KEY during a rotation) also hides each of its items
+        values += [item.strip() for value in list(values) if "," in value for item in value.split(",")]
+        return cls([*values, *also])
+
+    def __call__(self, value: Any) -> Any:
+        if self._pattern is None:
+            return value
+        if isinstance(value, str):
+            return self._pattern.sub(REDACTED, value)
+        if isinstance(value, Mapping):
+            return {self(key): self(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [self(item) for item in value]
+        return value
+
+
+REDACTOR: web.AppKey[Redactor] = web.AppKey("redactor", Redactor)
+
+
+def _attributes(settings: Any) -> list[Any]:
+    fields = getattr(type(settings), "__attrs_attrs__", None)
+    if fields is not None:
+        return [getattr(settings, field.name, None) for field in fields]
+    return list(getattr(settings, "__dict__", {}).values())
+
+
 def make_app(platform: Any, service: str) -> web.Application:
     """An application with the shared middlewares and ``GET /health``."""
     middlewares = [error_middleware]
@@ -160,5 +228,6 @@ def make_app(platform: Any, service: str) -> web.Application:
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[PLATFORM] = platform
     app[SERVICE] = service
+    app[REDACTOR] = Redactor.from_settings(platform.settings)
     app.router.add_get("/health", health)
     return app

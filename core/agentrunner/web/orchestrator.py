@@ -16,15 +16,21 @@ from agentrunner.orchestrator import (
 from agentrunner.records import STATUSES
 from agentrunner.schema import as_dict
 from agentrunner.topics import validate_pattern
-from agentrunner.web.common import PLATFORM, ApiError, make_app, not_found, read_json
+from agentrunner.web.common import PLATFORM, REDACTOR, ApiError, make_app, not_found, read_json
 
 #: Most executions one page of ``GET /executions`` returns.
 MAX_PAGE = 500
 
 
-def agent_json(agent: Any) -> dict[str, Any]:
-    """An agent's configuration as the API shows it: every secret redacted."""
-    return as_dict(agent, redact=True)
+def agent_json(agent: Any, redactor: Any = None) -> dict[str, Any]:
+    """An agent's configuration as the API shows it: every secret redacted.
+
+    Secret fields (tokens, keys, ``env`` and ``headers`` values) show ``***``; ``redactor``
+    (the application's ``REDACTOR``) also hides secrets that ``${VAR}`` put elsewhere
+    (a URL's query, a prompt, command arguments).
+    """
+    shown = as_dict(agent, redact=True)
+    return redactor(shown) if redactor is not None else shown
 
 
 def _platform(request: web.Request) -> Any:
@@ -37,14 +43,15 @@ def _unavailable(exc: Exception) -> ApiError:
 
 async def list_agents(request: web.Request) -> web.Response:
     agents = _platform(request).config.agents
-    return web.json_response({"agents": [agent_json(agents[name]) for name in sorted(agents)]})
+    redactor = request.app[REDACTOR]
+    return web.json_response({"agents": [agent_json(agents[name], redactor) for name in sorted(agents)]})
 
 
 async def get_agent(request: web.Request) -> web.Response:
     agent = _platform(request).config.get(request.match_info["name"])
     if agent is None:
         raise not_found(f"no agent named {request.match_info['name']!r}")
-    return web.json_response(agent_json(agent))
+    return web.json_response(agent_json(agent, request.app[REDACTOR]))
 
 
 async def submit_task(request: web.Request) -> web.Response:
@@ -133,6 +140,8 @@ async def publish_event(request: web.Request) -> web.Response:
     """``POST /events``: every agent whose ``event_subscriptions`` match gets a task."""
     body = await read_json(request, {"routing_key": "string", "payload": "any"}, required=("routing_key",))
     key = body["routing_key"]
+    if not key:
+        raise ApiError(400, "bad_request", "field 'routing_key' must not be empty")
     problem = validate_pattern(key)
     if problem or "*" in key.split(".") or "#" in key.split("."):
         raise ApiError(400, "bad_request", problem or "routing_key must be a key, not a pattern (no * or # words)")
