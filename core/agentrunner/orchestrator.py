@@ -390,8 +390,9 @@ class Orchestrator:
             raise InvalidTransition(f"execution {execution_id} is not waiting for input in this process")
         if not await self.store.update_execution(execution_id, expect_status=("awaiting_input",), status="running"):
             raise InvalidTransition(f"execution {execution_id} is not awaiting input")
+        resumed = await self.store.get_execution(execution_id)  # as it resumes, before the mode moves on
         answer.set_result(value)
-        return await self.store.get_execution(execution_id)
+        return resumed
 
     async def retry_dead_letter(self, item_id: str) -> Execution:
         """Run a dead-lettered execution again from its first attempt; the dead letter is removed."""
