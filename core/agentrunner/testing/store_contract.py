@@ -14,6 +14,14 @@ Beyond the protocol's docstrings the contract pins down what callers rely on:
 - ``list_executions`` is newest first by ``created_at`` then ``execution_id``;
   a page that ends the listing has no cursor (no empty last page).
 - ``executions_with_status`` is oldest first.
+- ``claim_execution`` starts an attempt of a ``queued`` or ``running``
+  execution and returns it exactly as stored afterwards (``running``, the given
+  ``started_at``, no ``error_message``, ``attempts`` + 1, everything else as
+  it was). It is not a lock: claiming a ``running`` execution again succeeds
+  (the previous attempt crashed or the task was redelivered), and concurrent
+  claims of one execution all succeed, one after the other, each with its own
+  attempt number. Any other status (finished, ``cancelled``,
+  ``awaiting_input``) or an unknown id gives None and changes nothing.
 - ``put_state`` returns the state as stored: the next version, the
   ``created_at`` of the first write, ``updated_at`` set by the store.
   ``expect_version=0`` means "no state stored yet".
@@ -244,26 +252,62 @@ class StateStoreContract:
         assert (await store.get_execution(execution.execution_id)).details == {"worker": winner}
 
     async def test_claim_starts_an_attempt_and_returns_the_execution(self, store: Any) -> None:
-        execution = make_execution(_name(), input={"q": "é"}, data={"k": 1}, error_message="earlier failure")
+        execution = make_execution(_name(), input={"q": "é"}, data={"k": 1}, error_message="earlier failure",
+                                   usage={"input_tokens": 3}, details={"plan": ["a"]}, idempotency_key=new_id(),
+                                   parent_execution_id=new_id(), created_at=T0)
         await store.create_execution(execution)
         started = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
         claimed = await store.claim_execution(execution.execution_id, started)
-        assert claimed.status == "running" and claimed.attempts == 1
-        assert claimed.started_at == started and claimed.error_message is None
-        assert claimed.input == {"q": "é"} and claimed.data == {"k": 1}
-        assert claimed == await store.get_execution(execution.execution_id)
-        # a crashed attempt left it running: the next claim starts attempt 2
-        again = await store.claim_execution(execution.execution_id, started + timedelta(seconds=1))
-        assert again.attempts == 2 and again.status == "running"
+        expected = attrs.evolve(execution, status="running", started_at=started, error_message=None, attempts=1)
+        assert claimed == expected
+        _assert_utc(claimed.started_at)
+        assert claimed.duration_seconds is None
+        assert await store.get_execution(execution.execution_id) == expected
+
+    async def test_claiming_a_running_execution_starts_the_next_attempt(self, store: Any) -> None:
+        # a crashed (or redelivered) attempt left it running: the next claim starts attempt 2
+        execution = make_execution(_name())
+        await store.create_execution(execution)
+        await store.claim_execution(execution.execution_id, T0)
+        await store.update_execution(execution.execution_id, error_message="worker lost")
+        again = await store.claim_execution(execution.execution_id, T0 + timedelta(seconds=1))
+        expected = attrs.evolve(execution, status="running", started_at=T0 + timedelta(seconds=1), attempts=2)
+        assert again == expected
+        assert await store.get_execution(execution.execution_id) == expected
 
     async def test_finished_cancelled_or_unknown_executions_cannot_be_claimed(self, store: Any) -> None:
         for status in ("completed", "failed", "timed_out", "cancelled", "awaiting_input"):
-            execution = make_execution(_name(), status=status)
+            execution = make_execution(_name(), status=status, attempts=2, error_message="kept",
+                                       started_at=T0, completed_at=T0 + timedelta(seconds=3), result={"r": 1})
             await store.create_execution(execution)
             assert await store.claim_execution(execution.execution_id, datetime.now(UTC)) is None
-            stored = await store.get_execution(execution.execution_id)
-            assert stored.status == status and stored.attempts == 0
-        assert await store.claim_execution(new_id(), datetime.now(UTC)) is None
+            assert await store.get_execution(execution.execution_id) == execution
+        unknown = new_id()
+        assert await store.claim_execution(unknown, datetime.now(UTC)) is None
+        assert await store.get_execution(unknown) is None
+
+    async def test_a_claim_after_the_execution_finished_is_refused(self, store: Any) -> None:
+        execution = make_execution(_name())
+        await store.create_execution(execution)
+        assert (await store.claim_execution(execution.execution_id, T0)).attempts == 1
+        assert await store.update_execution(execution.execution_id, expect_status=["running"], status="completed",
+                                            completed_at=T0 + timedelta(seconds=2))
+        assert await store.claim_execution(execution.execution_id, T0 + timedelta(seconds=5)) is None
+        got = await store.get_execution(execution.execution_id)
+        assert (got.status, got.attempts, got.started_at, got.duration_seconds) == ("completed", 1, T0, 2.0)
+
+    async def test_concurrent_claims_each_start_their_own_attempt(self, store: Any) -> None:
+        execution = make_execution(_name())
+        await store.create_execution(execution)
+        started = [T0 + timedelta(seconds=i) for i in range(20)]
+        claims = await asyncio.gather(*(store.claim_execution(execution.execution_id, at) for at in started))
+        assert all(claim is not None and claim.status == "running" for claim in claims)
+        assert sorted(claim.attempts for claim in claims) == list(range(1, 21))
+        for claim, at in zip(claims, started, strict=True):
+            assert claim.started_at == at
+        # the store holds the last claim applied
+        last = max(claims, key=lambda claim: claim.attempts)
+        assert await store.get_execution(execution.execution_id) == last
 
     async def test_update_rejects_unknown_fields(self, store: Any) -> None:
         execution = make_execution(_name())
