@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 
 import agentrunner
-from agentrunner.plugins import make_plugin_manager
 from agentrunner.runtime import Platform
-from agentrunner.settings import load_settings
+from agentrunner.testing.platform import running_platform as testing_platform
 
 #: Secrets given to the platform's environment; none may appear in any response.
 CANARY = "canary-7f3a9c1e-token"
@@ -144,22 +143,11 @@ AGENT_FILES = {
 async def running_platform(tmp_path: Path, environ: Mapping[str, str] = (), *,
                            files: Mapping[str, str] | None = None,
                            plugins: list[tuple[Any, str]] = ()) -> AsyncIterator[Platform]:
-    """A started Platform on SQLite in ``tmp_path`` with ``files`` as its agents; stopped afterwards."""
-    agents = tmp_path / "agents"
-    agents.mkdir(exist_ok=True)
-    for name, text in (AGENT_FILES if files is None else files).items():
-        (agents / name).write_text(text)
-    settings = load_settings(environ={
-        "SQLITE_PATH": str(tmp_path / "db.sqlite"), "CONFIG_AGENTS_DIR": str(agents), "CONFIG_HOT_RELOAD": "false",
-        "CANARY_TOKEN": CANARY, "DB_PASSWORD": CANARY_PASSWORD, "PROMPT_API_KEY": CANARY_PROMPT_KEY,
-        **dict(environ)}, env_file=None)
-    pm = make_plugin_manager(load_entry_points=False, extra_plugins=list(plugins))
-    platform = Platform(settings, pm=pm)
-    await platform.start()
-    try:
+    """A started Platform on SQLite in ``tmp_path`` with ``files`` as its agents and the canaries set."""
+    secrets = {"CANARY_TOKEN": CANARY, "DB_PASSWORD": CANARY_PASSWORD, "PROMPT_API_KEY": CANARY_PROMPT_KEY}
+    async with testing_platform(tmp_path, {**secrets, **dict(environ)},
+                                files=AGENT_FILES if files is None else files, plugins=plugins) as platform:
         yield platform
-    finally:
-        await platform.stop(grace=1)
 
 
 @pytest.fixture

@@ -29,7 +29,9 @@ async def test_echo_answers_with_the_last_user_message_and_counts_usage():
     response = await EchoProvider().complete(request)
     assert response.text == "hello there"
     assert response.usage == Usage(input_tokens=2 + 1 + 1 + 2, output_tokens=2)
-    assert "".join([delta async for delta in EchoProvider().stream(request)]) == "hello there"
+    streamed = [item async for item in EchoProvider().stream(request)]
+    assert streamed[:-1] == ["hello ", "there"]  # text deltas, then the whole answer with its usage
+    assert streamed[-1] == response
 
 
 @attrs.define

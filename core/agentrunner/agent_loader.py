@@ -720,7 +720,16 @@ class _AgentBuilder:
         section_values = self._structure_sections(data, mode_name, mode, sections)
         if agent is INVALID or section_values is INVALID:
             return INVALID
-        return attrs.evolve(agent, **section_values)
+        agent = attrs.evolve(agent, **section_values)
+        provider = self.registry.providers.get(agent.llm_config.provider)
+        validate_agent = getattr(provider, "validate_agent", None)
+        if callable(validate_agent):  # e.g. a model that takes no system prompt or no tools
+            problems = _plugin_problems(validate_agent, agent, f"provider {agent.llm_config.provider!r}")
+            for field, message in problems:
+                self.report.error(field, message)
+            if problems:
+                return INVALID
+        return agent
 
     def _sections(self) -> dict[str, str]:
         """Each YAML section an installed mode owns → that mode's name."""

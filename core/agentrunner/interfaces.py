@@ -87,21 +87,40 @@ class CompletionResponse:
 class Provider(Protocol):
     """An LLM provider, registered with ``register_providers``.
 
-    ``supported_options`` names the ``llm_config`` fields the provider honours;
-    ``agentrunner validate`` reports any other field an agent sets. ``stream``
-    yields text deltas and is optional.
+    ``complete(request)`` sends ``request.system_prompt``, ``request.messages``
+    and ``request.tools`` with the ``llm_config`` fields the agent set, and
+    returns the answer in the common representation (text, ``ToolCall``s with
+    their JSON arguments, ``Usage``, the model that answered). Failures raise
+    ``ProviderError``: ``retryable`` for 429, 5xx, connection errors and
+    timeouts (with ``retry_after`` when the server sent ``Retry-After``), not
+    retryable for the rest; the message says what happened and never holds a
+    credential. A provider makes one attempt per call: the agent's
+    ``retry_config`` is the only retry layer, so SDK retries are turned off.
+
+    Optional members, looked up with ``getattr``:
+
+    - ``supported_options``: the ``llm_config`` fields the provider honours;
+      ``agentrunner validate`` reports any other field an agent sets.
+    - ``validate(llm_config)`` and ``validate_agent(agent)``: further problems as
+      ``(field, message)`` pairs (the field relative to ``llm_config``, or to the
+      agent for ``validate_agent``), reported as errors.
+    - ``configure(settings)``: called once with the platform's settings before any
+      request (API keys, base URLs); it must not open connections.
+    - ``stream(request)``: an async iterator of the answer's text deltas (``str``)
+      as they arrive, ending with one ``CompletionResponse`` for the whole
+      answer (its text, tool calls and usage).
+    - ``aclose()``: called when the platform stops; closes pooled connections.
     """
 
     name: ClassVar[str] | str
-    supported_options: frozenset[str]
 
     async def complete(self, request: CompletionRequest) -> CompletionResponse: ...
 
 
 class StreamingProvider(Provider, Protocol):
-    """A provider that can also stream its answer as text deltas."""
+    """A provider that can also stream: text deltas, then the whole ``CompletionResponse``."""
 
-    def stream(self, request: CompletionRequest) -> AsyncIterator[str]: ...
+    def stream(self, request: CompletionRequest) -> AsyncIterator[str | CompletionResponse]: ...
 
 
 @runtime_checkable

@@ -31,6 +31,25 @@ def _backend(registry: Registry, kind: str, name: str, settings: Any, variable: 
     return factory(settings)
 
 
+def configure_providers(registry: Registry, settings: Any) -> None:
+    """Give every provider that wants them the settings (keys, base URLs) before any request."""
+    for provider in registry.providers.values():
+        configure = getattr(provider, "configure", None)
+        if callable(configure):
+            configure(settings)
+
+
+async def close_providers(registry: Registry) -> None:
+    """Close the providers' pooled connections; one failing does not keep the others open."""
+    for name, provider in registry.providers.items():
+        aclose = getattr(provider, "aclose", None)
+        if callable(aclose):
+            try:
+                await aclose()
+            except Exception:  # closing is best effort at shutdown
+                log.warning("provider %s did not close cleanly", name, exc_info=True)
+
+
 class Platform:
     """Settings, plugins, configuration, backends and the orchestrator of one process."""
 
@@ -48,6 +67,7 @@ class Platform:
         self.state = StateManager(self.store, self.cache, settings)
         self.orchestrator = Orchestrator(settings=settings, registry=self.registry, config=self.config,
                                          store=self.store, bus=self.bus, state=self.state)
+        configure_providers(self.registry, settings)
         self.started = False
 
     async def start(self, *, consume: bool = True, watch: bool | None = None, recover: bool = True) -> None:
@@ -79,6 +99,7 @@ class Platform:
         await self.config.stop()
         await self.orchestrator.stop(grace)
         await self._call_hook("shutdown")
+        await close_providers(self.registry)
         await self.bus.stop()
         await self.cache.stop()
         await self.store.stop()

@@ -33,11 +33,12 @@ class EchoProvider:
         )
 
     async def stream(self, request: CompletionRequest):
-        """Yield the answer word by word, as a real provider streams deltas."""
+        """Yield the answer word by word, as a real provider streams deltas, then the whole answer."""
         response = await self.complete(request)
         words = response.text.split(" ")
         for index, word in enumerate(words):
             yield word if index == len(words) - 1 else word + " "
+        yield response
 
 
 @agentrunner.hookimpl
