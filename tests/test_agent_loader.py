@@ -427,6 +427,20 @@ def test_a_provider_can_veto_a_configuration():
     ]
 
 
+def test_a_provider_can_refuse_an_agent_its_model_cannot_serve():
+    class NoSystemPrompt(FakeProvider):
+        def validate_agent(self, agent):
+            if agent.system_prompt:
+                return [("system_prompt", f"model {agent.llm_config.model} takes no system prompt")]
+            return []
+
+    registry = make_registry()
+    registry.providers["echo"] = NoSystemPrompt("echo")
+    problems = problems_of(MINIMAL, registry=registry)
+    assert len(problems) == 1
+    assert problems[0].startswith("support.yaml: system_prompt: model ") and "takes no system prompt" in problems[0]
+
+
 def test_a_crashing_plugin_validator_is_a_problem_not_a_crash():
     class CrashingToolType:
         name = "api"

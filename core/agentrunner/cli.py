@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from agentrunner import __version__
+
+if TYPE_CHECKING:
+    from agentrunner.streams import ExecutionStream
 
 
 class _Context:
@@ -185,8 +189,9 @@ async def _serve(platform, services: list[str] | None) -> None:
 @click.argument("input")
 @click.option("--config", "config_dir", metavar="DIR", help="Configuration directory (agents in DIR/agents).")
 @click.option("--data", "data", metavar="JSON", help="The task's data, a JSON object.")
+@click.option("--stream", is_flag=True, help="Print the answer as the model writes it.")
 @click.pass_obj
-def run(obj: _Context, agent: str, input: str, config_dir: str | None, data: str | None) -> None:
+def run(obj: _Context, agent: str, input: str, config_dir: str | None, data: str | None, stream: bool) -> None:
     """Run one execution of AGENT with INPUT in-process; print its result, exit 1 on failure."""
     import asyncio
 
@@ -197,31 +202,55 @@ def run(obj: _Context, agent: str, input: str, config_dir: str | None, data: str
     if not isinstance(task_data, dict):
         _fail_lines(["✗ --data: must be a JSON object"])
     platform = _platform(obj, config_dir)
-    sys.exit(asyncio.run(_run(platform, agent, input, task_data)))
+    sys.exit(asyncio.run(_run(platform, agent, input, task_data, stream)))
 
 
-async def _run(platform, agent: str, input: str, data: dict) -> int:
+async def _run(platform, agent: str, input: str, data: dict, stream: bool = False) -> int:
     from agentrunner.orchestrator import AgentNotFound
 
     await platform.start(recover=False, watch=False)
+    printed = False
     try:
         try:
-            execution, _ = await platform.orchestrator.submit(agent, input, data=data)
+            execution, _ = await platform.orchestrator.submit(agent, input, data=data, stream=stream)
         except AgentNotFound:
             known = ", ".join(sorted(platform.config.agents)) or "none"
             click.echo(f"✗ unknown agent {agent!r} (loaded: {known})", err=True)
             for problem in platform.config.errors:
                 click.echo(f"✗ {problem}", err=True)
             return 1
+        if stream:
+            printed = await _print_stream(platform.orchestrator.streams.open(execution.execution_id))
         finished = await platform.orchestrator.wait(execution.execution_id, None)
     finally:
         await platform.stop()
     if finished.status != "completed":
+        if printed:
+            click.echo()
         click.echo(f"✗ execution {finished.execution_id} {finished.status}: {finished.error_message}", err=True)
         return 1
+    if printed:  # the answer is on the screen already
+        click.echo()
+        return 0
     result = finished.result
     click.echo(result if isinstance(result, str) else json.dumps(result, ensure_ascii=False))
     return 0
+
+
+async def _print_stream(stream: ExecutionStream) -> bool:
+    """Write text deltas to stdout as they come; whether any was written."""
+    printed = False
+    async for event, data in stream.follow():
+        if event == "delta" and data["text"]:
+            click.echo(data["text"], nl=False)
+            sys.stdout.flush()
+            printed = True
+        elif event == "retry":
+            if printed:
+                click.echo()
+            click.echo(f"↻ attempt {data['attempt']} after: {data['error']}", err=True)
+            printed = False
+    return printed
 
 
 def _add_plugin_commands(group: click.Group) -> None:

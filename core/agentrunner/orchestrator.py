@@ -30,6 +30,7 @@ from agentrunner.interfaces import (
     Usage,
 )
 from agentrunner.records import DeadLetter, Execution, new_id, utcnow
+from agentrunner.streams import ExecutionStream, StreamHub
 from agentrunner.topics import TopicTrie
 
 log = logging.getLogger("agentrunner.orchestrator")
@@ -124,6 +125,21 @@ class TaskView:
     parent_execution_id: str | None
 
 
+async def _streamed(provider: Any, request: CompletionRequest, stream: ExecutionStream) -> CompletionResponse:
+    """One streamed model call: each text delta goes to the readers; the provider's last item is the answer."""
+    response = None
+    text: list[str] = []
+    async for item in provider.stream(request):
+        if isinstance(item, CompletionResponse):
+            response = item
+        elif item:
+            text.append(item)
+            stream.push("delta", {"text": item})
+    if response is None:  # a provider that streams text only
+        response = CompletionResponse(text="".join(text))
+    return response
+
+
 class ExecutionContext:
     """The ``ctx`` an execution mode receives (DESIGN.md: custom execution modes)."""
 
@@ -145,10 +161,16 @@ class ExecutionContext:
         request = CompletionRequest(llm_config=self.agent.llm_config, system_prompt=self.agent.system_prompt,
                                     messages=list(messages), tools=overrides.get("tools", ()))
         policy = RetryPolicy.of(self.agent)
+        stream = orchestrator.streams.get(self._execution.execution_id)
+        if stream is not None and getattr(provider, "stream", None) is None:
+            stream = None  # the answer reaches the reader whole, with ``done``
         attempt = 0
         while True:
             try:
-                response = await provider.complete(request)
+                if stream is None:
+                    response = await provider.complete(request)
+                else:
+                    response = await _streamed(provider, request, stream)
                 break
             except ProviderError as exc:
                 attempt += 1
@@ -157,6 +179,8 @@ class ExecutionContext:
                 delay = policy.delay(attempt, jitter=True, at_least=exc.retry_after)
                 log.warning("provider %s: %s; retry %d in %.1fs", provider.name, exc, attempt, delay,
                             extra=self._log_extra())
+                if stream is not None:  # readers drop the partial answer of the failed attempt
+                    stream.push("retry", {"attempt": attempt + 1, "error": str(exc)})
                 await asyncio.sleep(delay)
         self.usage = self.usage + response.usage
         self.model = response.model or self.model
@@ -217,6 +241,7 @@ class Orchestrator:
         self.state = state  # the StateManager
         self.slots = slots or max(1, settings.worker_processes * settings.worker_threads_per_process)
         self._slots = asyncio.Semaphore(self.slots)
+        self.streams = StreamHub()
         self._waiters: dict[str, list[asyncio.Future]] = {}
         # Executions this process submitted and has not seen finish, and the last ones it saw finish:
         # wait() needs no store read for them (the common case: HTTP submit with `wait`).
@@ -297,11 +322,12 @@ class Orchestrator:
 
     async def submit(self, agent_name: str, input: Any, *, data: dict[str, Any] | None = None,
                      idempotency_key: str | None = None, parent_execution_id: str | None = None,
-                     trace_id: str | None = None) -> tuple[Execution, bool]:
+                     trace_id: str | None = None, stream: bool = False) -> tuple[Execution, bool]:
         """Record and publish a task; returns the execution and whether it is new.
 
         With an ``idempotency_key`` already used for this agent, the first
-        execution is returned and nothing is published.
+        execution is returned and nothing is published. ``stream`` keeps the
+        text deltas of its model calls for readers (``streams``).
         """
         if not self._accepting and parent_execution_id is None:
             raise ShuttingDown("the orchestrator is not taking new tasks")
@@ -313,10 +339,14 @@ class Orchestrator:
             data=data or {}, idempotency_key=idempotency_key, parent_execution_id=parent_execution_id,
             trace_id=trace_id or new_id(),
         )
+        if stream:
+            self.streams.open(execution.execution_id)
         stored, created = await self.store.create_execution(execution)
         if created:
             self._submitted.add(stored.execution_id)
             await self._publish_task(agent, stored)
+        elif stream:  # an idempotent repeat: the first execution is the one to follow
+            self.streams.discard(execution.execution_id)
         return stored, created
 
     async def _publish_task(self, agent: Any, execution: Execution) -> None:
@@ -348,6 +378,7 @@ class Orchestrator:
 
     def _wake(self, execution: Execution) -> None:
         if execution.terminal:
+            self.streams.finish(execution)
             self._submitted.discard(execution.execution_id)
             self._finished[execution.execution_id] = execution
             if len(self._finished) > FINISHED_KEPT:

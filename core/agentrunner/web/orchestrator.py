@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,8 @@ from agentrunner.web.common import PLATFORM, REDACTOR, ApiError, make_app, not_f
 
 #: Most executions one page of ``GET /executions`` returns.
 MAX_PAGE = 500
+#: Seconds between keep-alive comments of an idle event stream.
+STREAM_KEEPALIVE = 15.0
 
 
 def agent_json(agent: Any, redactor: Any = None) -> dict[str, Any]:
@@ -58,8 +61,12 @@ async def submit_task(request: web.Request) -> web.Response:
     """``POST /agents/{name}/tasks``: 202 queued, or 200 with the execution if it finished within ``wait``."""
     platform = _platform(request)
     body = await read_json(request, {"input": "any", "data": "object", "idempotency_key": "string",
-                                     "wait": "number"})
+                                     "wait": "number", "stream": "boolean"})
     wait = float(body.get("wait", 0))
+    stream = bool(body.get("stream", False))
+    if stream and "wait" in body:
+        raise ApiError(400, "bad_request", "fields 'stream' and 'wait' cannot be combined: a stream ends "
+                                           "when the execution does")
     limit = float(platform.settings.request_timeout)
     if not 0 <= wait <= limit:
         raise ApiError(400, "bad_request", f"field 'wait' must be between 0 and {limit:g} seconds (REQUEST_TIMEOUT)")
@@ -68,11 +75,14 @@ async def submit_task(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", "field 'idempotency_key' must be 1 to 255 characters")
     try:
         execution, _ = await platform.orchestrator.submit(request.match_info["name"], body.get("input"),
-                                                          data=body.get("data"), idempotency_key=key)
+                                                          data=body.get("data"), idempotency_key=key,
+                                                          stream=stream)
     except AgentNotFound:
         raise not_found(f"no agent named {request.match_info['name']!r}") from None
     except ShuttingDown as exc:
         raise _unavailable(exc) from None
+    if stream:
+        return await _serve_stream(request, execution)
     if wait > 0 and not execution.terminal:
         execution = await platform.orchestrator.wait(execution.execution_id, wait) or execution
     if execution.terminal or execution.status == "awaiting_input":
@@ -85,6 +95,76 @@ async def get_execution(request: web.Request) -> web.Response:
     if execution is None:
         raise not_found(f"no execution {request.match_info['id']!r}")
     return web.json_response(execution.to_json())
+
+
+async def stream_execution(request: web.Request) -> web.StreamResponse:
+    """``GET /executions/{id}/stream``: the execution's output as server-sent events."""
+    execution = await _platform(request).store.get_execution(request.match_info["id"])
+    if execution is None:
+        raise not_found(f"no execution {request.match_info['id']!r}")
+    return await _serve_stream(request, execution)
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _result_text(result: Any) -> str:
+    if result is None:
+        return ""
+    return result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+
+
+async def _serve_stream(request: web.Request, execution: Any) -> web.StreamResponse:
+    """Server-sent events: ``execution`` (id and status), ``delta`` ({"text"}) as the model writes,
+    ``retry`` when a failed model call starts again (drop the partial text), then ``done`` (the execution).
+
+    Deltas come from the process running the execution; an execution that runs
+    elsewhere, or finished before anyone streamed it, sends its result as one delta.
+    """
+    platform = _platform(request)
+    hub = platform.orchestrator.streams
+    execution_id = execution.execution_id
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    try:
+        await response.write(_sse("execution", {"execution_id": execution_id, "status": execution.status}))
+        stream = hub.get(execution_id)
+        if stream is None:
+            if execution.terminal:
+                await _write_whole(response, execution)
+                return response
+            stream = hub.open(execution_id)
+            latest = await platform.store.get_execution(execution_id)  # it may have finished meanwhile
+            if latest is not None and latest.terminal:
+                hub.finish(latest)
+        streamed = False
+        async for event, data in stream.follow(idle=STREAM_KEEPALIVE):
+            if event == "idle":  # the execution may be running in another process: ask the store
+                latest = await platform.store.get_execution(execution_id)
+                if latest is None or latest.terminal:
+                    hub.finish(latest or execution)
+                else:
+                    await response.write(b": keep-alive\n\n")
+                continue
+            if event == "done":
+                if not streamed:
+                    await response.write(_sse("delta", {"text": _result_text(data.result)}))
+                await response.write(_sse("done", data.to_json()))
+                break
+            streamed = streamed or event == "delta"
+            await response.write(_sse(event, data))
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # the reader went away; the execution goes on
+    return response
+
+
+async def _write_whole(response: web.StreamResponse, execution: Any) -> None:
+    await response.write(_sse("delta", {"text": _result_text(execution.result)}))
+    await response.write(_sse("done", execution.to_json()))
+    await response.write_eof()
 
 
 async def list_executions(request: web.Request) -> web.Response:
@@ -184,6 +264,7 @@ def create_app(platform: Any) -> web.Application:
     router.add_post("/agents/{name}/tasks", submit_task)
     router.add_get("/executions", list_executions)
     router.add_get("/executions/{id}", get_execution)
+    router.add_get("/executions/{id}/stream", stream_execution)
     router.add_post("/executions/{id}/cancel", cancel_execution)
     router.add_post("/executions/{id}/input", provide_input)
     router.add_post("/events", publish_event)
