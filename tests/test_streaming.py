@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import agentrunner
 from agentrunner.cli import cli
-from agentrunner.interfaces import CompletionResponse, ProviderError, Usage
+from agentrunner.interfaces import CompletionResponse, Message, ProviderError, Usage
 from agentrunner.records import Execution
 from agentrunner.streams import StreamHub
 from agentrunner.testing.platform import http_client, running_platform
@@ -54,20 +54,36 @@ class Whole:
 
 
 class Providers:
+    """The test providers, and a mode ``held`` that asks its model only once ``release`` is set."""
+
     def __init__(self) -> None:
         self.scripted = Scripted()
+        self.release = asyncio.Event()
 
     @agentrunner.hookimpl
     def register_providers(self, register):
         register(self.scripted)
         register(Whole())
 
+    @agentrunner.hookimpl
+    def register_execution_modes(self, register):
+        release = self.release
 
-def agent(name: str, provider: str) -> str:
+        class Held:
+            name = "held"
+
+            async def execute(self, ctx):
+                await release.wait()
+                return (await ctx.complete([Message("user", str(ctx.task.input))])).text
+
+        register(Held())
+
+
+def agent(name: str, provider: str, mode: str = "autonomous") -> str:
     return textwrap.dedent(f"""\
         name: {name}
         agent_type: assistant
-        execution_mode: autonomous
+        execution_mode: {mode}
         llm_config: {{provider: {provider}, model: m}}
         system_prompt: Stream.
         retry_config: {{max_retries: 2, retry_delay_seconds: 0.01}}
@@ -75,6 +91,7 @@ def agent(name: str, provider: str) -> str:
 
 
 FILES = {"talker.yaml": agent("talker", "scripted"), "mute.yaml": agent("mute", "whole"),
+         "held.yaml": agent("held", "scripted", "held"),
          "echoer.yaml": agent("echoer", "echo")}
 
 
@@ -120,12 +137,13 @@ async def test_a_task_submitted_with_stream_answers_with_its_deltas_then_the_exe
 async def test_deltas_reach_a_reader_while_the_model_is_still_writing(platform, providers):
     providers.scripted.gate = asyncio.Queue()
     async with http_client(platform) as client:
-        status, body = 0, None
-        response = await client.post("/agents/talker/tasks", json={"input": "hi"})
-        status, body = response.status, await response.json()
-        assert status == 202
-        stream = await client.get(f"/executions/{body['execution_id']}/stream")
+        response = await client.post("/agents/held/tasks", json={"input": "hi"})
+        assert response.status == 202
+        execution_id = (await response.json())["execution_id"]
+        stream = await client.get(f"/executions/{execution_id}/stream")  # before the model is asked
         assert stream.status == 200
+        assert (await stream.content.readline()).decode() == "event: execution\n"
+        providers.release.set()
         seen = []
         for delta in ("Hello", ", ", "world"):
             providers.scripted.gate.put_nowait(None)  # let exactly one more delta out

@@ -491,7 +491,7 @@ class Orchestrator:
         uses_state = getattr(mode, "uses_state", agent.execution_mode not in ("autonomous", "scheduled"))
         stored_state = await self.state.get(agent.name) if uses_state else None
         state = dict(stored_state.state_data) if stored_state else {}
-        snapshot = json.dumps(state, sort_keys=True, default=str)
+        snapshot = json.dumps(state, sort_keys=True, default=str) if uses_state else None
         ctx = ExecutionContext(self, agent, execution, state)
         soft, hard = self._time_limits(agent)
         try:

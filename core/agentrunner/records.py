@@ -8,6 +8,7 @@ its tables (the reference's ``execution_history``, ``agent_state`` and
 from __future__ import annotations
 
 import random
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,12 +25,15 @@ def utcnow() -> datetime:
 
 
 def new_id() -> str:
-    """A new random identifier of 32 hex digits (execution ids, trace ids, dead-letter ids).
+    """A new identifier of 32 hex digits (execution ids, trace ids, dead-letter ids).
 
-    Unique, not secret: ``random`` is seeded from the OS and reseeded in forked children, and
-    avoids a system call per id on the task path.
+    The first 12 digits are the time in milliseconds, the other 20 random, so ids
+    sort by creation time and new rows land at the end of a primary-key index
+    instead of on a random page of it (a commit then writes far fewer pages).
+    Unique, not secret: ``random`` is seeded from the OS and reseeded in forked
+    children, and avoids a system call per id on the task path.
     """
-    return f"{random.getrandbits(128):032x}"
+    return f"{time.time_ns() // 1_000_000:012x}{random.getrandbits(80):020x}"
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -176,27 +176,29 @@ _EXECUTION_JSON_DICTS = frozenset({"data", "usage", "details"})
 _EXECUTION_UPDATABLE = frozenset(_EXECUTION_FIELDS) - {"execution_id"}
 
 
+def _load_dict(text: str | None) -> Any:
+    if text is None:
+        return {}
+    return {} if text == "{}" else json.loads(text)
+
+
+#: How each column becomes its field (None: as it is), in ``_EXECUTION_FIELDS`` order.
+_EXECUTION_DECODERS = tuple(
+    (field, _dt if field in _EXECUTION_TIMES else _load_dict if field in _EXECUTION_JSON_DICTS
+     else _load if field in _EXECUTION_JSON else None)
+    for field in _EXECUTION_FIELDS)
+_EXECUTION_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(_EXECUTION_TIMES, _ts), **dict.fromkeys(_EXECUTION_JSON | _EXECUTION_JSON_DICTS, _json)}
+
+
 def _execution_value(field: str, value: Any) -> Any:
-    if field in _EXECUTION_TIMES:
-        return _ts(value)
-    if field in _EXECUTION_JSON or field in _EXECUTION_JSON_DICTS:
-        return _json(value)
-    return value
+    encode = _EXECUTION_ENCODERS.get(field)
+    return value if encode is None else encode(value)
 
 
 def _execution_from_row(row: sqlite3.Row) -> Execution:
-    values: dict[str, Any] = {}
-    for field in _EXECUTION_FIELDS:
-        raw = row[field]
-        if field in _EXECUTION_TIMES:
-            values[field] = _dt(raw)
-        elif field in _EXECUTION_JSON_DICTS:
-            values[field] = _load(raw, dict)
-        elif field in _EXECUTION_JSON:
-            values[field] = _load(raw)
-        else:
-            values[field] = raw
-    return Execution(**values)
+    return Execution(**{field: row[field] if decode is None else decode(row[field])
+                        for field, decode in _EXECUTION_DECODERS})
 
 
 def _state_from_row(row: sqlite3.Row) -> AgentState:

@@ -58,7 +58,7 @@ NESTED = {
 
 
 def _name(label: str = "agent") -> str:
-    return f"{label}-{new_id()[:12]}"
+    return f"{label}-{new_id()[-12:]}"
 
 
 def make_execution(agent_name: str, **fields: Any) -> Execution:
