@@ -123,19 +123,49 @@ class StreamingProvider(Provider, Protocol):
     def stream(self, request: CompletionRequest) -> AsyncIterator[str | CompletionResponse]: ...
 
 
+class ToolError(Exception):
+    """A tool failed in a way the model should hear about: the message goes back to it as an error result.
+
+    Any other exception from a tool is reported to the model the same way (with
+    its type); the execution goes on either way. Never put a credential in it.
+    """
+
+
+@attrs.frozen
+class Tool:
+    """One tool offered to the model for an execution: its definition and how to run it.
+
+    ``call(arguments)`` gets the model's JSON arguments and returns the result:
+    a str, or any JSON-able value (sent to the model as JSON). ``timeout`` (seconds)
+    bounds one call; the tool-calling loop enforces it.
+    """
+
+    definition: ToolDefinition
+    call: Callable[[Mapping[str, Any]], Awaitable[Any]]
+    timeout: float | None = None
+
+
 @runtime_checkable
 class ToolType(Protocol):
     """A kind of tool (``function``, ``api``, ``mcp``), registered with ``register_tool_types``.
 
-    ``required_fields`` lists the fields of a tool entry this type needs (for
-    validation); ``validate(tool)`` may return further problems as
-    ``(field, message)`` pairs.
+    ``required_fields`` lists the fields of a tool entry (``agentrunner.schema.ToolConfig``)
+    this type needs; ``validate(tool)`` may return further problems as ``(field, message)``
+    pairs. ``open(tool)`` returns the ``Tool``s one entry offers an execution (an MCP
+    server offers several); it is called for each execution that uses the agent, so
+    anything costly (connections, sessions, tool lists) is pooled by the tool type.
+
+    Optional, looked up with ``getattr``: ``configure(settings)`` (before any
+    ``open``; opens nothing) and ``aclose()`` (at platform stop: close pooled
+    connections and sessions, stop child processes).
     """
 
     name: ClassVar[str] | str
     required_fields: tuple[str, ...]
 
     def validate(self, tool: Any) -> list[tuple[str, str]]: ...
+
+    async def open(self, tool: Any) -> Sequence[Tool]: ...
 
 
 @runtime_checkable
