@@ -194,3 +194,13 @@ def test_the_reference_documents_every_yaml_field():
         for field in attrs.fields(cls):
             if field.metadata.get("yaml", True):
                 assert f"`{field.name}`" in text, f"docs/agents.md does not document {cls.__name__}.{field.name}"
+
+
+def test_as_dict_hides_the_password_of_a_url():
+    from agentrunner.schema import LLMConfig, as_dict, redact_url_password
+
+    llm = LLMConfig(provider="ollama", model="llama2", base_url="http://bot:s3cret@gpu.local:11434")
+    assert as_dict(llm)["base_url"] == "http://bot:***@gpu.local:11434"
+    assert as_dict(llm, redact=False)["base_url"] == "http://bot:s3cret@gpu.local:11434"
+    assert redact_url_password("https://tok3n@git.example.com/x") == "https://***@git.example.com/x"
+    assert redact_url_password("https://example.com/a@b") == "https://example.com/a@b"

@@ -642,6 +642,18 @@ class AgentConfig:
 # --- Output -------------------------------------------------------------------------
 
 
+def redact_url_password(url: str) -> str:
+    """``url`` with the password of its user info shown as ``***`` (``https://bot:***@host/v1``);
+    a user name alone (often a token) is hidden whole."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at:
+        return url
+    shown = f"{userinfo.split(':', 1)[0]}:***" if ":" in userinfo else "***"
+    return f"{scheme}://{shown}@{host}{slash}{path}"
+
+
 def as_dict(value: Any, *, redact: bool = True) -> Any:
     """A schema object as JSON-able data, for APIs and logs.
 
@@ -659,6 +671,8 @@ def as_dict(value: Any, *, redact: bool = True) -> Any:
                 out[attribute.name] = "***"
             elif redact and attribute.name in ("headers", "env") and isinstance(item, Mapping):
                 out[attribute.name] = {key: "***" for key in item}
+            elif redact and isinstance(item, str) and "@" in item and "://" in item:
+                out[attribute.name] = redact_url_password(item)
             else:
                 out[attribute.name] = as_dict(item, redact=redact)
         return out
