@@ -927,3 +927,9 @@ def test_options_from_incomplete_settings_keep_the_defaults():
     assert built == LoaderOptions(section_defaults=built.section_defaults, environ={"A": "1"})
     assert built.section_defaults["schedule_config"] == {"timezone": "UTC"}
     assert "environ" not in repr(built)
+
+
+def test_an_optional_field_written_as_null_is_not_set():
+    agent, warnings = load(MINIMAL.replace("temperature: 0.5", "temperature: 0.5\n  endpoint_url: null\n  seed: null"))
+    assert agent.llm_config.endpoint_url is None and agent.llm_config.seed is None
+    assert "endpoint_url" not in agent.llm_config.explicit_fields and warnings == []

@@ -620,6 +620,8 @@ class _Structurer:
             self.report.warning(join_path(path, key), "unknown field" + _suggest(key, known))
 
     def _checks_pass(self, field: attrs.Attribute, value: Any, path: str) -> bool:
+        if value is None:  # an optional field written as null: not set, nothing to check
+            return True
         problems = [(sub, message) for check in field.metadata.get(CHECKS, ()) for sub, message in check(value)]
         for sub, message in problems:
             self.report.error(join_path(path, sub), message)
