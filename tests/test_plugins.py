@@ -28,7 +28,7 @@ HEAVY_SDKS = ("openai", "anthropic", "aiobotocore", "botocore", "boto3", "mcp", 
 
 #: The modules a plugin may import from the core.
 PUBLIC_MODULES = {"agentrunner", "agentrunner.interfaces", "agentrunner.schema", "agentrunner.records",
-                  "agentrunner.topics", "agentrunner.hookspecs"}
+                  "agentrunner.topics", "agentrunner.hookspecs", "agentrunner.tool_auth", "agentrunner.tool_schema"}
 
 
 def test_each_call_builds_a_new_manager():

@@ -273,7 +273,8 @@ cancelled and `timed_out`, even if its own timeout (or `TASK_DEFAULT_TIMEOUT`) i
 `CELERY_TASK_TIME_LIMIT` − `CELERY_TASK_SOFT_TIME_LIMIT` seconds later, and never runs past
 `CELERY_TASK_TIME_LIMIT`. Agentrunner's additions: `BIND_HOST`, `SQLITE_PATH`,
 `STATE_BACKEND`, `CACHE_BACKEND`, `EVENT_BUS_BACKEND`, `OPENAI_BASE_URL`, `ANTHROPIC_BASE_URL`,
-`SLACK_API_URL`, `SHUTDOWN_GRACE_PERIOD`, `AGENTRUNNER_DISABLED_PLUGINS`.
+`SLACK_API_URL`, `SHUTDOWN_GRACE_PERIOD`, `AGENT_MAX_TOOL_STEPS`, `AGENT_TOOL_REPEAT_LIMIT`,
+`TOOL_MAX_RESPONSE_BYTES`, `AGENTRUNNER_DISABLED_PLUGINS`.
 
 Accepted, no effect: these variables are validated but nothing reads them (yet);
 `agentrunner validate` names the ones you set.

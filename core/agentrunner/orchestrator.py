@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,10 @@ from agentrunner.interfaces import (
     Event,
     Message,
     ProviderError,
+    Tool,
+    ToolCall,
+    ToolDefinition,
+    ToolError,
     Usage,
 )
 from agentrunner.records import DeadLetter, Execution, new_id, utcnow
@@ -61,6 +66,16 @@ class DeadLetterNotFound(LookupError):
 
 class ShuttingDown(Exception):
     """The orchestrator has stopped taking new tasks."""
+
+
+class ToolLoopError(Exception):
+    """The tool-calling loop gave up: too many steps, or the same call again and again. Not retried."""
+
+    retryable = False
+
+
+class ToolOpenError(Exception):
+    """A tool entry could not be made ready (e.g. its MCP server is down); the task may be retried."""
 
 
 class ExecutionFailed(Exception):
@@ -153,13 +168,94 @@ class ExecutionContext:
         self.usage = Usage()
         self.model = ""
         self.details: dict[str, Any] = {}
+        self._tools: dict[str, Tool] | None = None
 
     async def complete(self, messages: list[Message], **overrides: Any) -> CompletionResponse:
-        """Ask the agent's own LLM; provider errors worth retrying follow the agent's retry policy."""
+        """Ask the agent's own LLM; provider errors worth retrying follow the agent's retry policy.
+
+        An agent with ``tools`` runs the tool-calling loop: its tools are offered,
+        the ones the model asks for run (concurrently within a turn) and their
+        results go back, until the model answers. ``tools=`` offers exactly the
+        given definitions instead, for a single call with no loop.
+        """
+        if "tools" in overrides or not self.agent.tools:
+            return await self._complete_once(list(messages), tuple(overrides.get("tools", ())))
+        return await self._tool_loop(list(messages))
+
+    async def _tool_loop(self, conversation: list[Message]) -> CompletionResponse:
+        tools = await self._open_tools()
+        definitions = tuple(tool.definition for tool in tools.values())
+        settings = self._orchestrator.settings
+        max_steps, repeat_limit = settings.agent_max_tool_steps, settings.agent_tool_repeat_limit
+        last_call, repeats = None, 0
+        for _ in range(max_steps):
+            response = await self._complete_once(conversation, definitions)
+            if not response.tool_calls:
+                return response
+            for call in response.tool_calls:
+                signature = (call.name, json.dumps(call.arguments, sort_keys=True, default=str))
+                repeats = repeats + 1 if signature == last_call else 1
+                last_call = signature
+                if repeats > repeat_limit:
+                    raise ToolLoopError(
+                        f"the model called tool {call.name!r} with the same arguments {repeat_limit + 1} times in "
+                        f"a row; stopped (AGENT_TOOL_REPEAT_LIMIT={repeat_limit})")
+            conversation.append(Message("assistant", response.text, tool_calls=response.tool_calls))
+            conversation.extend(await asyncio.gather(*(self._call_tool(tools, call) for call in response.tool_calls)))
+        raise ToolLoopError(f"the model was still asking for tools after {max_steps} turns; stopped "
+                            f"(AGENT_MAX_TOOL_STEPS={max_steps})")
+
+    async def _open_tools(self) -> dict[str, Tool]:
+        """Every tool of the agent's ``tools`` entries, by the name the model calls it (once per execution)."""
+        if self._tools is not None:
+            return self._tools
+        registry = self._orchestrator.registry
+        tools: dict[str, Tool] = {}
+        owners: dict[str, str] = {}
+        for entry in self.agent.tools:
+            try:
+                opened = await registry.tool_types[entry.type].open(entry)
+            except (ToolError, OSError, TimeoutError) as exc:
+                raise ToolOpenError(f"tool {entry.name!r} ({entry.type}) is not available: {exc}") from None
+            for tool in opened:
+                name = tool.definition.name
+                if name in tools:
+                    raise ToolOpenError(f"tools {owners[name]!r} and {entry.name!r} both offer a tool named {name!r}")
+                tools[name], owners[name] = tool, entry.name
+        self._tools = tools
+        return tools
+
+    async def _call_tool(self, tools: dict[str, Tool], call: ToolCall) -> Message:
+        """Run one tool call; any failure becomes an error result for the model, never an exception."""
+        started = time.perf_counter()
+        tool = tools.get(call.name)
+        error = None
+        content = ""
+        if tool is None:
+            error = f"there is no tool named {call.name!r} (tools: {', '.join(sorted(tools)) or 'none'})"
+        else:
+            try:
+                result = await asyncio.wait_for(tool.call(dict(call.arguments)), tool.timeout)
+                content = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False, default=str)
+            except TimeoutError:
+                error = f"tool {call.name!r} did not answer within {tool.timeout:g} s"
+            except ToolError as exc:
+                error = str(exc) or f"tool {call.name!r} failed"
+            except Exception as exc:  # a broken tool must not end the execution: the model hears about it
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        self.details.setdefault("tool_calls", []).append({
+            "name": call.name, "arguments": call.arguments, "duration_ms": duration_ms,
+            "result_chars": len(content), "error": error})
+        if error is not None:
+            return Message("tool", error, tool_call_id=call.id, is_error=True)
+        return Message("tool", content, tool_call_id=call.id)
+
+    async def _complete_once(self, messages: list[Message], tools: tuple[ToolDefinition, ...]) -> CompletionResponse:
         orchestrator = self._orchestrator
         provider = orchestrator.registry.providers[self.agent.llm_config.provider]
         request = CompletionRequest(llm_config=self.agent.llm_config, system_prompt=self.agent.system_prompt,
-                                    messages=list(messages), tools=overrides.get("tools", ()))
+                                    messages=messages, tools=tools)
         policy = RetryPolicy.of(self.agent)
         stream = orchestrator.streams.get(self._execution.execution_id)
         if stream is not None and getattr(provider, "stream", None) is None:

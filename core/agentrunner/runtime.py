@@ -31,23 +31,29 @@ def _backend(registry: Registry, kind: str, name: str, settings: Any, variable: 
     return factory(settings)
 
 
-def configure_providers(registry: Registry, settings: Any) -> None:
-    """Give every provider that wants them the settings (keys, base URLs) before any request."""
-    for provider in registry.providers.values():
-        configure = getattr(provider, "configure", None)
+def _components(registry: Registry) -> list[tuple[str, Any]]:
+    """The providers and tool types: the components that hold settings and pooled connections."""
+    return [*(("provider " + name, c) for name, c in registry.providers.items()),
+            *(("tool type " + name, c) for name, c in registry.tool_types.items())]
+
+
+def configure_components(registry: Registry, settings: Any) -> None:
+    """Give every provider and tool type that wants them the settings (keys, URLs) before any request."""
+    for _, component in _components(registry):
+        configure = getattr(component, "configure", None)
         if callable(configure):
             configure(settings)
 
 
-async def close_providers(registry: Registry) -> None:
-    """Close the providers' pooled connections; one failing does not keep the others open."""
-    for name, provider in registry.providers.items():
-        aclose = getattr(provider, "aclose", None)
+async def close_components(registry: Registry) -> None:
+    """Close the pooled connections of providers and tool types; one failing does not keep the others open."""
+    for name, component in _components(registry):
+        aclose = getattr(component, "aclose", None)
         if callable(aclose):
             try:
                 await aclose()
             except Exception:  # closing is best effort at shutdown
-                log.warning("provider %s did not close cleanly", name, exc_info=True)
+                log.warning("%s did not close cleanly", name, exc_info=True)
 
 
 class Platform:
@@ -67,7 +73,7 @@ class Platform:
         self.state = StateManager(self.store, self.cache, settings)
         self.orchestrator = Orchestrator(settings=settings, registry=self.registry, config=self.config,
                                          store=self.store, bus=self.bus, state=self.state)
-        configure_providers(self.registry, settings)
+        configure_components(self.registry, settings)
         self.started = False
 
     async def start(self, *, consume: bool = True, watch: bool | None = None, recover: bool = True) -> None:
@@ -99,7 +105,7 @@ class Platform:
         await self.config.stop()
         await self.orchestrator.stop(grace)
         await self._call_hook("shutdown")
-        await close_providers(self.registry)
+        await close_components(self.registry)
         await self.bus.stop()
         await self.cache.stop()
         await self.store.stop()

@@ -563,6 +563,11 @@ class Settings:
     agent_health_check_interval: int = _orch(_POSITIVE, 60, "seconds between agent health checks")
     agent_unresponsive_threshold: int = _orch(_POSITIVE, 180, "seconds without a sign of life before unhealthy")
     shutdown_grace_period: float = _orch(_Float(0), 30.0, "seconds SIGTERM waits for running executions")
+    agent_max_tool_steps: int = _orch(_POSITIVE, 10, "model turns with tool calls one model call may take; "
+                                                     "more fail the execution")
+    agent_tool_repeat_limit: int = _orch(_POSITIVE, 3, "the same tool with identical arguments this many times "
+                                                       "in a row fails the execution")
+    tool_max_response_bytes: int = _orch(_Size(1), 1024**2, "largest answer an api tool may give (such as 1mb)")
 
     # SchedulerService and the reference's Celery settings
     scheduler_log_level: str = _sched(_LOG_LEVEL, "INFO", "SchedulerService log level (unset: LOG_LEVEL)")
@@ -954,11 +959,6 @@ NO_EFFECT: dict[str, str] = {
                  "RABBITMQ_BLOCKED_TIMEOUT", "RABBITMQ_CHANNEL_MAX", "RABBITMQ_FRAME_MAX", "RABBITMQ_PREFETCH_COUNT",
                  "RABBITMQ_CONSUMER_TIMEOUT", "RABBITMQ_QUEUE_MAX_LENGTH", "RABBITMQ_MESSAGE_TTL",
                  "RABBITMQ_QUEUE_EXPIRES", "RABBITMQ_SSL", "RABBITMQ_POOL_SIZE"),
-    **_no_effect(_plugin("agentrunner-openai"), "OPENAI_API_KEY", "OPENAI_ORG_ID", "OPENAI_BASE_URL"),
-    **_no_effect(_plugin("agentrunner-anthropic"), "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
-    **_no_effect(_plugin("agentrunner-bedrock"), "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-                 "AWS_BEDROCK_ENDPOINT"),
-    **_no_effect(_plugin("agentrunner-ollama"), "OLLAMA_BASE_URL"),
     **_no_effect(_plugin("agentrunner-slack"), "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET",
                  "SLACK_WEBHOOK_PATH", "SLACK_VERIFY_SIGNATURE", "SLACK_SIGNATURE_VERSION", "SLACK_RATE_LIMIT_ENABLED",
                  "SLACK_RATE_LIMIT_CALLS", "SLACK_RATE_LIMIT_PERIOD", "SLACK_MAX_RETRY_ATTEMPTS", "SLACK_RETRY_DELAY",

@@ -14,6 +14,7 @@ remote servers. No message of this module ever holds a secret.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Mapping
@@ -100,9 +101,9 @@ async def _fetch_token(auth: Any, session: aiohttp.ClientSession) -> _Token:
         form["scope"] = " ".join(auth.scopes)
     where = _where(auth.token_url)
     try:
+        basic = base64.b64encode(f"{auth.client_id or ''}:{auth.client_secret or ''}".encode()).decode()
         async with session.post(auth.token_url, data=form,
-                                auth=aiohttp.BasicAuth(auth.client_id or "", auth.client_secret or ""),
-                                headers={"Accept": "application/json"},
+                                headers={"Accept": "application/json", "Authorization": f"Basic {basic}"},
                                 timeout=aiohttp.ClientTimeout(total=TOKEN_TIMEOUT)) as response:
             body = await response.read()
             status = response.status
