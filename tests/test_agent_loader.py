@@ -133,7 +133,7 @@ def test_every_example_agent_validates_without_a_warning():
     assert [str(p) for p in result.warnings] == []
     assert set(result.agents) == {
         "autonomous-agent", "continuous-agent", "collaborative-agent", "scheduled-agent", "interval-agent",
-        "data-analyzer", "content-writer",
+        "data-analyzer", "content-writer", "tool-agent",
     }
     modes = {agent.execution_mode for agent in result.agents.values()}
     assert modes == {"autonomous", "continuous", "collaborative", "scheduled"}

@@ -6,6 +6,7 @@ import asyncio
 import json
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,8 @@ import tool_fixtures
 from agentrunner.default_plugins.function_tool import signature_schema
 from agentrunner.interfaces import CompletionRequest, CompletionResponse, ToolCall, Usage
 from agentrunner.testing.platform import http_client, running_platform
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class Scripted:
@@ -198,3 +201,16 @@ def test_the_schema_of_a_function_comes_from_its_signature():
                       "default": None},
         },
     }
+
+
+async def test_the_echo_provider_shows_the_loop_with_the_example_tool_agent(tmp_path):
+    example = (REPO / "config" / "agents" / "tool-agent.yaml").read_text()
+    async with running_platform(tmp_path, {"STATUS_PAGE_TOKEN": "t"}, files={"tool-agent.yaml": example}) as platform:
+        async with http_client(platform) as client:
+            response = await client.post("/agents/tool-agent/tasks", json={
+                "input": '/call word_count {"text": "one two three"}', "wait": 10})
+            execution = await response.json()
+            assert execution["status"] == "completed" and execution["result"] == "3"
+            assert execution["details"]["tool_calls"][0]["arguments"] == {"text": "one two three"}
+            response = await client.post("/agents/tool-agent/tasks", json={"input": "/call nothing {}", "wait": 10})
+            assert (await response.json())["result"] == "/call nothing {}"  # not a tool it has: plain echo
