@@ -362,6 +362,14 @@ class Cache(Protocol):
     async def delete(self, key: str) -> None: ...
 
 
+class BusUnavailable(Exception):
+    """The event bus cannot take the message now (broker unreachable); the caller may try again later."""
+
+
+class MessageRejected(BusUnavailable):
+    """The bus refused the message: its queue is full (e.g. RabbitMQ ``x-overflow: reject-publish``)."""
+
+
 class StoreUnavailable(Exception):
     """The state store cannot be reached; the operation may be retried later."""
 

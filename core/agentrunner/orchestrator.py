@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from agentrunner.interfaces import (
+    BusUnavailable,
     CompletionRequest,
     CompletionResponse,
     Event,
@@ -440,7 +441,14 @@ class Orchestrator:
         stored, created = await self.store.create_execution(execution)
         if created:
             self._submitted.add(stored.execution_id)
-            await self._publish_task(agent, stored)
+            try:
+                await self._publish_task(agent, stored)
+            except BusUnavailable as exc:  # refused (a full queue) or no broker: the submitter hears it now
+                self._submitted.discard(stored.execution_id)
+                self.streams.discard(stored.execution_id)
+                await self.store.update_execution(stored.execution_id, expect_status=("queued",), status="failed",
+                                                  completed_at=utcnow(), error_message=f"not queued: {exc}")
+                raise
         elif stream:  # an idempotent repeat: the first execution is the one to follow
             self.streams.discard(execution.execution_id)
         return stored, created

@@ -488,6 +488,7 @@ class Settings:
         "allkeys-lru", "eviction policy when memory is full (a server setting)",
     )
     redis_ssl: bool = _redis(_Bool(), False, "connect with TLS")
+    redis_key_prefix: str = _redis(_Str(), "agentrunner:", "prefix of every key agentrunner writes")
 
     # RabbitMQ
     rabbitmq_url: Secret | None = _mq(
@@ -512,6 +513,7 @@ class Settings:
     rabbitmq_message_ttl: int = _mq(_POSITIVE, 86400000, "message TTL in milliseconds (24 h)")
     rabbitmq_queue_expires: int = _mq(_POSITIVE, 300000, "unused queue auto-delete time in milliseconds")
     rabbitmq_ssl: bool = _mq(_Bool(), False, "connect with TLS (amqps)")
+    rabbitmq_exchange: str = _mq(_Str(), "agentrunner", "the topic exchange of tasks and events")
 
     # LLM providers
     openai_api_key: Secret | None = _llm(_Secret(), None, "OpenAI API key", reference="sk-...")
@@ -949,12 +951,12 @@ NO_EFFECT: dict[str, str] = {
                  "POSTGRES_POOL_TIMEOUT", "POSTGRES_POOL_MAX_OVERFLOW", "POSTGRES_STATEMENT_TIMEOUT",
                  "POSTGRES_ECHO_SQL", "POSTGRES_ENABLE_QUERY_CACHE", "POSTGRES_SSL_MODE", "DB_POOL_SIZE",
                  "DB_POOL_OVERFLOW", "DB_QUERY_TIMEOUT"),
-    **_no_effect(_plugin("agentrunner-redis"), "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD",
+    **_no_effect(_plugin("agentrunner-redis"), "REDIS_KEY_PREFIX", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD",
                  "REDIS_MAX_CONNECTIONS", "REDIS_SOCKET_TIMEOUT", "REDIS_SOCKET_CONNECT_TIMEOUT", "REDIS_SSL",
                  "REDIS_POOL_SIZE", "CACHE_OPERATION_TIMEOUT"),
     **_no_effect(_plugin("agentrunner-redis") + "; a Redis server setting, best set in redis.conf",
                  "REDIS_MAXMEMORY", "REDIS_MAXMEMORY_POLICY"),
-    **_no_effect(_plugin("agentrunner-rabbitmq"), "RABBITMQ_PORT", "RABBITMQ_USER",
+    **_no_effect(_plugin("agentrunner-rabbitmq"), "RABBITMQ_EXCHANGE", "RABBITMQ_PORT", "RABBITMQ_USER",
                  "RABBITMQ_PASSWORD", "RABBITMQ_VHOST", "RABBITMQ_HEARTBEAT", "RABBITMQ_CONNECTION_TIMEOUT",
                  "RABBITMQ_BLOCKED_TIMEOUT", "RABBITMQ_CHANNEL_MAX", "RABBITMQ_FRAME_MAX", "RABBITMQ_PREFETCH_COUNT",
                  "RABBITMQ_CONSUMER_TIMEOUT", "RABBITMQ_QUEUE_MAX_LENGTH", "RABBITMQ_MESSAGE_TTL",

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from agentrunner.interfaces import BusUnavailable
 from agentrunner.orchestrator import (
     AgentNotFound,
     DeadLetterNotFound,
@@ -79,7 +80,7 @@ async def submit_task(request: web.Request) -> web.Response:
                                                           stream=stream)
     except AgentNotFound:
         raise not_found(f"no agent named {request.match_info['name']!r}") from None
-    except ShuttingDown as exc:
+    except (ShuttingDown, BusUnavailable) as exc:
         raise _unavailable(exc) from None
     if stream:
         return await _serve_stream(request, execution)
@@ -227,7 +228,7 @@ async def publish_event(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", problem or "routing_key must be a key, not a pattern (no * or # words)")
     try:
         await _platform(request).orchestrator.publish_event(key, body.get("payload", {}))
-    except ShuttingDown as exc:
+    except (ShuttingDown, BusUnavailable) as exc:
         raise _unavailable(exc) from None
     return web.json_response({"published": True, "routing_key": key}, status=202)
 
