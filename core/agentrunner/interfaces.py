@@ -265,11 +265,14 @@ class EventBus(Protocol):
 
     async def subscribe(
         self, queue: str, patterns: Sequence[str], handler: EventHandler, *, concurrency: int = 1,
-        exclusive: bool = False,
+        exclusive: bool = False, single_active: bool = False,
     ) -> Subscription:
         """Consume ``queue`` (created if missing, bound to ``patterns``) with ``concurrency``
         handlers at a time. An ``exclusive`` queue belongs to this subscription and is
-        deleted when it is cancelled; other queues keep their messages while nobody consumes."""
+        deleted when it is cancelled; other queues keep their messages while nobody consumes.
+        ``single_active``: of all the subscriptions to the queue, in every process, one at a
+        time receives its messages, and handles them one by one in order (RabbitMQ's
+        single active consumer) — for tasks that must not overtake each other."""
 
     async def queue_depth(self, queue: str) -> int: ...
 

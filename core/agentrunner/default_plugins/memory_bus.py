@@ -35,16 +35,20 @@ class _Queue:
         self.messages: asyncio.Queue[tuple[str, str, dict[str, Any], str, int]] = asyncio.Queue()
         self.patterns: set[str] = set()
         self.subscriptions = 0
+        #: held by the single-active consumer that is taking and handling a message
+        self.active = asyncio.Lock()
 
 
 class _Subscription:
     """A group of consumer tasks on one queue."""
 
-    def __init__(self, bus: MemoryEventBus, queue: _Queue, handler: Any, concurrency: int, exclusive: bool) -> None:
+    def __init__(self, bus: MemoryEventBus, queue: _Queue, handler: Any, concurrency: int, exclusive: bool,
+                 single_active: bool = False) -> None:
         self._bus = bus
         self._queue = queue
         self._handler = handler
         self._exclusive = exclusive
+        self._single_active = single_active
         self._closed = False
         self._idle: dict[asyncio.Task, bool] = {}
         for _ in range(max(1, concurrency)):
@@ -73,29 +77,43 @@ class _Subscription:
             self._bus._delete_queue(self._queue)
 
     async def _consume(self) -> None:
-        task = asyncio.current_task()
         queue = self._queue
         while not self._closed:
-            routing_key, body, headers, message_id, deliveries = await queue.messages.get()
-            self._idle[task] = False
-            event = Event(routing_key, json.loads(body), dict(headers, delivery_count=deliveries + 1), message_id)
-            try:
-                await self._handler(event)
-            except asyncio.CancelledError:
-                # stopped mid-message (the process is stopping): keep the message for another consumer
-                queue.messages.put_nowait((routing_key, body, headers, message_id, deliveries))
-                raise
-            except Exception:
-                if deliveries + 1 >= MAX_DELIVERIES:
-                    log.error("queue %s: message %s (%s) failed %d deliveries; dead-lettered", queue.name,
-                              message_id, routing_key, deliveries + 1, exc_info=True)
-                    self._bus.dead_letters.append(event)
-                else:
+            if self._single_active:
+                async with queue.active:  # one message at a time across every subscription of the queue
+                    await self._take_one()
+            else:
+                await self._take_one()
+
+    async def _take_one(self) -> None:
+        task = asyncio.current_task()
+        queue = self._queue
+        routing_key, body, headers, message_id, deliveries = await queue.messages.get()
+        self._idle[task] = False
+        try:
+            while True:
+                event = Event(routing_key, json.loads(body), dict(headers, delivery_count=deliveries + 1), message_id)
+                try:
+                    await self._handler(event)
+                    return
+                except asyncio.CancelledError:
+                    # stopped mid-message (the process is stopping): keep the message for another consumer
+                    queue.messages.put_nowait((routing_key, body, headers, message_id, deliveries))
+                    raise
+                except Exception:
+                    deliveries += 1
+                    if deliveries >= MAX_DELIVERIES:
+                        log.error("queue %s: message %s (%s) failed %d deliveries; dead-lettered", queue.name,
+                                  message_id, routing_key, deliveries, exc_info=True)
+                        self._bus.dead_letters.append(event)
+                        return
                     log.warning("queue %s: handler failed on %s; delivering it again", queue.name, routing_key,
                                 exc_info=True)
-                    queue.messages.put_nowait((routing_key, body, headers, message_id, deliveries + 1))
-            finally:
-                self._idle[task] = True
+                    if not self._single_active:  # to the back of the queue; an ordered one retries it first
+                        queue.messages.put_nowait((routing_key, body, headers, message_id, deliveries))
+                        return
+        finally:
+            self._idle[task] = True
 
 
 class MemoryEventBus:
@@ -136,14 +154,15 @@ class MemoryEventBus:
             queue.messages.put_nowait((routing_key, body, dict(headers or {}), message_id, 0))
 
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: Any, *, concurrency: int = 1,
-                        exclusive: bool = False) -> _Subscription:
+                        exclusive: bool = False, single_active: bool = False) -> _Subscription:
         target = self._queues.get(queue)
         if target is None:
             target = self._queues[queue] = _Queue(queue)
         for pattern in patterns:
             self._bind(target, pattern)
         target.subscriptions += 1
-        subscription = _Subscription(self, target, handler, concurrency, exclusive)
+        subscription = _Subscription(self, target, handler, 1 if single_active else concurrency, exclusive,
+                                     single_active)
         self._subscriptions.append(subscription)
         return subscription
 

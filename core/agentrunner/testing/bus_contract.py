@@ -169,3 +169,29 @@ class EventBusContract:
 
     async def test_health(self, bus):
         await bus.health()
+
+    async def test_a_single_active_queue_is_handled_one_message_at_a_time_in_order(self, bus, prefix):
+        seen: list[int] = []
+        running = 0
+        most = 0
+
+        async def handle(event):
+            nonlocal running, most
+            running += 1
+            most = max(most, running)
+            await asyncio.sleep(0.002)
+            if event.payload["n"] == 3 and event.headers["delivery_count"] == 1:
+                running -= 1
+                raise RuntimeError("first delivery of 3 fails")  # redelivered before 4 is handled
+            seen.append(event.payload["n"])
+            running -= 1
+
+        # as two processes would: two subscriptions of one queue, each asking for concurrency
+        await bus.subscribe(f"{prefix}.ordered", [f"{prefix}.o"], handle, concurrency=4, single_active=True)
+        await bus.subscribe(f"{prefix}.ordered", [f"{prefix}.o"], handle, concurrency=4, single_active=True)
+        for n in range(20):
+            await bus.publish(f"{prefix}.o", {"n": n})
+        await eventually(lambda: len(seen) == 20)
+        assert seen == list(range(20))
+        assert most == 1
+
