@@ -347,7 +347,7 @@ class Orchestrator:
         self._running: dict[str, asyncio.Future] = {}  # execution id → its mode's future
         self._questions: dict[str, asyncio.Future] = {}  # execution id → the answer a human will give
         self._agent_locks: dict[str, asyncio.Lock] = {}
-        self._timers: set[asyncio.TimerHandle] = set()
+        self._delayed: set[asyncio.Task] = set()  # task handlers waiting for a retry's not_before
         self._background: set[asyncio.Task] = set()
         self._subscriptions: list[Any] = []
         self._events_subscription: Any = None
@@ -371,7 +371,9 @@ class Orchestrator:
             self._events_subscription = await self.bus.subscribe(EVENTS_QUEUE, [], self._on_event,
                                                                  concurrency=self.slots)
             await self.sync_event_subscriptions()
-            if recover:
+            # A durable bus still holds the tasks of a stopped process (and redelivers those a killed one
+            # was running); only a process-local bus loses them, and then the store says what to re-queue.
+            if recover and getattr(self.bus, "process_local", False):
                 await self._recover()
         if not getattr(self.bus, "process_local", False):
             # executions finished by other processes wake this process's waiters through the bus
@@ -389,8 +391,8 @@ class Orchestrator:
         for subscription in [*self._subscriptions, self._events_subscription]:
             if subscription is not None:
                 await subscription.cancel()
-        for timer in self._timers:
-            timer.cancel()
+        for task in list(self._delayed):
+            task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         for execution_id, inner in list(self._running.items()):
@@ -453,10 +455,16 @@ class Orchestrator:
             self.streams.discard(execution.execution_id)
         return stored, created
 
-    async def _publish_task(self, agent: Any, execution: Execution) -> None:
+    async def _publish_task(self, agent: Any, execution: Execution, *, not_before: float | None = None) -> None:
+        """Put the task on the bus; ``not_before`` (a Unix time) makes the consumer wait until then.
+
+        A delayed retry travels as a message right away, so it survives this process.
+        """
+        headers: dict[str, Any] = {"trace_id": execution.trace_id, "task": True}
+        if not_before is not None:
+            headers["not_before"] = not_before
         await self.bus.publish(task_routing_key(agent.execution_mode, agent.name),
-                               {"execution_id": execution.execution_id, "agent_name": agent.name},
-                               {"trace_id": execution.trace_id, "task": True})
+                               {"execution_id": execution.execution_id, "agent_name": agent.name}, headers)
 
     async def wait(self, execution_id: str, timeout: float | None) -> Execution | None:
         """The execution once terminal (or ``awaiting_input``), or as it is when ``timeout`` runs out."""
@@ -564,6 +572,16 @@ class Orchestrator:
         self._handlers += 1
         self._idle.clear()
         try:
+            not_before = event.headers.get("not_before")
+            if not_before is not None and float(not_before) > time.time():
+                # a retry waiting out its backoff, without a slot; a stop cancels the wait and the bus
+                # keeps the message
+                task = asyncio.current_task()
+                self._delayed.add(task)
+                try:
+                    await asyncio.sleep(float(not_before) - time.time())
+                finally:
+                    self._delayed.discard(task)
             await self._handle_task(event.payload["execution_id"], event.payload["agent_name"])
         finally:
             self._handlers -= 1
@@ -678,7 +696,7 @@ class Orchestrator:
             if requeued:
                 log.warning("execution %s failed (%s); retry %d of %d in %.1fs", execution.execution_id, message,
                             execution.attempts, policy.max_retries, delay, extra=ctx._log_extra())
-                self._later(delay, self._publish_task(agent, execution))
+                await self._publish_task(agent, execution, not_before=time.time() + delay)
             return
         log.error("execution %s failed after %d attempt(s): %s", execution.execution_id, execution.attempts,
                   message, extra=ctx._log_extra())
@@ -687,16 +705,6 @@ class Orchestrator:
             routing_key=task_routing_key(agent.execution_mode, agent.name),
             payload={"execution_id": execution.execution_id, "agent_name": agent.name},
             error_message=message, attempts=execution.attempts))
-
-    def _later(self, delay: float, coroutine: Any) -> None:
-        loop = asyncio.get_running_loop()
-
-        def fire() -> None:
-            self._timers.discard(handle)
-            self._spawn(coroutine)
-
-        handle = loop.call_later(delay, fire)
-        self._timers.add(handle)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.ensure_future(coroutine)
