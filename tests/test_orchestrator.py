@@ -442,3 +442,22 @@ async def test_a_human_answers_a_question_and_the_execution_resumes(make_platfor
     finished = await platform.orchestrator.wait(waiting.execution_id, 5)
     assert finished.status == "completed" and finished.result == "the logo in blue"
     assert finished.details["answers"] == [{"question": "which colour for the logo?", "answer": "blue"}]
+
+
+async def test_each_continuous_agent_has_an_ordered_queue_of_its_own(make_platform, agents_dir):
+    (agents_dir / "chatty.yaml").write_text(agent_yaml("chatty", "continuous"))
+    platform = await make_platform(CONFIG_HOT_RELOAD="true")
+    queues = platform.bus._queues
+    assert "agentrunner.tasks.continuous.chatty" in queues and "agentrunner.tasks.continuous" not in queues
+    executions = [(await platform.orchestrator.submit("chatty", f"turn {n}"))[0] for n in range(12)]
+    for execution in executions:
+        assert (await platform.orchestrator.wait(execution.execution_id, 5)).status == "completed"
+    state = await platform.state.get("chatty")
+    assert [turn["user"] for turn in state.state_data["conversation_history"]][-12:] == [
+        f"turn {n}" for n in range(12)]  # in submission order, none lost
+    (agents_dir / "second.yaml").write_text(agent_yaml("second", "continuous"))  # added while serving
+    for _ in range(300):
+        if platform.config.get("second") is not None and "second" in platform.orchestrator._ordered:
+            break
+        await asyncio.sleep(0.01)
+    assert (await submit_and_wait(platform, "second", "hi")).result == "hi"

@@ -95,6 +95,10 @@ def task_routing_key(mode: str, agent_name: str) -> str:
     return f"{mode}.task.submitted"
 
 
+#: Modes whose tasks of one agent run one at a time, in order, on a queue of the agent's own.
+ORDERED_MODES = frozenset({"continuous"})
+
+
 def task_binding(mode: str) -> str:
     """The binding pattern of a mode's task queue."""
     return f"{mode}.task.*" if mode in ("continuous", "scheduled") else f"{mode}.task.submitted"
@@ -350,6 +354,8 @@ class Orchestrator:
         self._delayed: set[asyncio.Task] = set()  # task handlers waiting for a retry's not_before
         self._background: set[asyncio.Task] = set()
         self._subscriptions: list[Any] = []
+        self._ordered: dict[str, Any] = {}  # continuous agent → its single-active task queue
+        self._consuming = False
         self._events_subscription: Any = None
         self._event_trie = TopicTrie()
         self._event_patterns: dict[str, frozenset[str]] = {}
@@ -365,9 +371,13 @@ class Orchestrator:
         self._accepting = True
         if consume:
             for mode in sorted(self.registry.execution_modes):
+                if mode in ORDERED_MODES:
+                    continue  # one queue per agent (sync_ordered_queues)
                 subscription = await self.bus.subscribe(f"agentrunner.tasks.{mode}", [task_binding(mode)],
                                                         self._on_task, concurrency=self.slots)
                 self._subscriptions.append(subscription)
+            self._consuming = True
+            await self.sync_ordered_queues()
             self._events_subscription = await self.bus.subscribe(EVENTS_QUEUE, [], self._on_event,
                                                                  concurrency=self.slots)
             await self.sync_event_subscriptions()
@@ -388,9 +398,11 @@ class Orchestrator:
         (they run again on the next start), so none is left ``running``.
         """
         self._accepting = False
-        for subscription in [*self._subscriptions, self._events_subscription]:
+        self._consuming = False
+        for subscription in [*self._subscriptions, *self._ordered.values(), self._events_subscription]:
             if subscription is not None:
                 await subscription.cancel()
+        self._ordered.clear()
         for task in list(self._delayed):
             task.cancel()
         with contextlib.suppress(TimeoutError):
@@ -747,6 +759,20 @@ class Orchestrator:
         return {"trace_id": execution.trace_id, "origin_agent": execution.agent_name,
                 "origin_execution": execution.execution_id, "depth": depth + 1}
 
+    async def sync_ordered_queues(self) -> None:
+        """One single-active queue per continuous agent: across every process its tasks run one at a
+        time, in the order they were submitted (a turn never overtakes the one before it)."""
+        if not self._consuming:
+            return
+        wanted = {name for name, agent in self.config.agents.items() if agent.execution_mode in ORDERED_MODES}
+        for name in sorted(set(self._ordered) - wanted):
+            await self._ordered.pop(name).cancel()  # its queue keeps any tasks until the agent is back
+        for name in sorted(wanted - set(self._ordered)):
+            mode = self.config.agents[name].execution_mode
+            self._ordered[name] = await self.bus.subscribe(
+                f"agentrunner.tasks.{mode}.{name}", [task_routing_key(mode, name)], self._on_task,
+                single_active=True)
+
     async def sync_event_subscriptions(self) -> None:
         """Bind the events queue to the union of every agent's ``event_subscriptions``."""
         if self._events_subscription is None:
@@ -796,5 +822,6 @@ class Orchestrator:
                 log.info("event %s: agent %s was removed", event.routing_key, agent_name)
 
     async def on_config_change(self, change: Any) -> None:
-        """ConfigurationService subscriber: keep event bindings in step with the agents."""
+        """ConfigurationService subscriber: keep event bindings and ordered queues in step with the agents."""
         await self.sync_event_subscriptions()
+        await self.sync_ordered_queues()
