@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -51,7 +51,7 @@ def _agents_dir(config_dir: str | None, settings) -> Path:
     return Path(config_dir) / "agents" if config_dir else Path(settings.config_agents_dir)
 
 
-def _platform(obj: _Context, config_dir: str | None):
+def _platform(obj: _Context, config_dir: str | None, slots: int | None = None):
     """Build the platform, or exit with the reason (a backend plugin missing, production checks)."""
     from agentrunner.runtime import Platform, PlatformError
 
@@ -61,7 +61,7 @@ def _platform(obj: _Context, config_dir: str | None):
         _fail_lines([f"✗ environment: {problem}" for problem in problems])
     pm, registry = obj.plugins()
     try:
-        return Platform(settings, pm=pm, registry=registry, agents_dir=_agents_dir(config_dir, settings))
+        return Platform(settings, pm=pm, registry=registry, agents_dir=_agents_dir(config_dir, settings), slots=slots)
     except PlatformError as exc:
         _fail_lines([f"✗ {exc}"])
 
@@ -81,10 +81,57 @@ def cli(ctx: click.Context) -> None:
     ctx.ensure_object(_Context)
 
 
+#: backend → the variables to check when it cannot be reached
+_CONNECTION_VARIABLES = {
+    "sqlite": "SQLITE_PATH",
+    "postgres": "DATABASE_URL, or POSTGRES_HOST, POSTGRES_PORT, POSTGRES_DB, POSTGRES_USER, POSTGRES_PASSWORD, "
+                "POSTGRES_SSL_MODE",
+    "redis": "REDIS_HOST, REDIS_PORT, REDIS_DB, REDIS_PASSWORD, REDIS_SSL",
+    "rabbitmq": "RABBITMQ_URL, or RABBITMQ_HOST, RABBITMQ_PORT, RABBITMQ_USER, RABBITMQ_PASSWORD, RABBITMQ_VHOST, "
+                "RABBITMQ_SSL",
+}
+#: seconds each backend gets to connect and answer its health check
+CONNECTION_TIMEOUT = 10.0
+
+
+async def check_connections(settings: Any, registry: Any) -> list[tuple[bool, str]]:
+    """The reference's connection checklist: start each backend, run its health check (PostgreSQL
+    ``SELECT 1``, Redis ``PING``, a RabbitMQ connection), stop it; one (ok, line) per backend."""
+    import asyncio
+    import contextlib
+
+    from agentrunner.runtime import PlatformError, build_backend
+    from agentrunner.web.common import Redactor
+
+    redact = Redactor.from_settings(settings)
+    lines: list[tuple[bool, str]] = []
+    for kind, name, variable in (("state store", settings.state_backend, "STATE_BACKEND"),
+                                 ("event bus", settings.event_bus_backend, "EVENT_BUS_BACKEND"),
+                                 ("cache", settings.cache_backend, "CACHE_BACKEND")):
+        try:
+            backend = build_backend(registry, kind, name, settings, variable)
+        except PlatformError as exc:
+            lines.append((False, f"{kind}: {exc}"))
+            continue
+        try:
+            await asyncio.wait_for(backend.start(), CONNECTION_TIMEOUT)
+            await asyncio.wait_for(backend.health(), CONNECTION_TIMEOUT)
+            lines.append((True, f"{kind} {name}: reachable"))
+        except Exception as exc:  # any failure to connect is the answer to report
+            reason = redact(str(exc) or type(exc).__name__)
+            check = _CONNECTION_VARIABLES.get(name)
+            lines.append((False, f"{kind} {name}: {reason}" + (f" (check {check})" if check else "")))
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(backend.stop(), CONNECTION_TIMEOUT)
+    return lines
+
+
 @cli.command()
 @click.option("--config", "config_dir", metavar="DIR", help="Configuration directory (agents in DIR/agents).")
+@click.option("--connections", is_flag=True, help="Also connect to the state store, event bus and cache.")
 @click.pass_obj
-def validate(obj: _Context, config_dir: str | None) -> None:
+def validate(obj: _Context, config_dir: str | None, connections: bool) -> None:
     """Validate the agent files and the environment; exit 1 on any error."""
     from agentrunner.agent_loader import LoaderOptions, load_agents, validate_agent_references
 
@@ -108,6 +155,14 @@ def validate(obj: _Context, config_dir: str | None) -> None:
     notes += [f"environment: {note}" for note in settings.no_effect_set()]
 
     click.echo(f"✓ Loaded {len(agents)} valid agent configurations")
+    if connections:
+        import asyncio
+
+        for ok, line in asyncio.run(check_connections(settings, registry)):
+            if ok:
+                click.echo(f"✓ {line}")
+            else:
+                errors.append(line)
     for line in errors:
         click.echo(f"✗ {line}")
     for line in warnings:
@@ -182,6 +237,87 @@ async def _serve(platform, services: list[str] | None) -> None:
     await platform.stop(grace)
     await runner.close()
     click.echo("stopped")
+
+
+@cli.command()
+@click.option("--config", "config_dir", metavar="DIR", help="Configuration directory (agents in DIR/agents).")
+@click.option("--processes", type=click.IntRange(min=1), metavar="N",
+              help="Consumer processes (default WORKER_PROCESSES).")
+@click.pass_obj
+def worker(obj: _Context, config_dir: str | None, processes: int | None) -> None:
+    """Consume and run tasks only (no HTTP); run any number, on any machine, beside `serve`."""
+    from agentrunner.worker import Supervisor
+
+    settings = obj.settings()
+    if settings.event_bus_backend == "memory":
+        _fail_lines(["✗ agentrunner worker needs an event bus that processes share: set RABBITMQ_URL or "
+                     "RABBITMQ_HOST (the in-memory bus keeps tasks inside one process; `agentrunner serve` "
+                     "runs them there)"])
+    _platform(obj, config_dir)  # refuses now, once, what every worker would refuse
+    _setup_logging(settings)
+    supervisor = Supervisor(settings, config_dir, processes or settings.worker_processes, click.echo)
+    sys.exit(supervisor.run())
+
+
+@cli.group()
+def db() -> None:
+    """Database tasks: schema migrations and maintenance of the state store."""
+
+
+def _store(obj: _Context):
+    from agentrunner.runtime import PlatformError, build_backend
+
+    settings = obj.settings()
+    _pm, registry = obj.plugins()
+    try:
+        return build_backend(registry, "state store", settings.state_backend, settings, "STATE_BACKEND")
+    except PlatformError as exc:
+        _fail_lines([f"✗ {exc}"])
+
+
+@db.command()
+@click.pass_obj
+def migrate(obj: _Context) -> None:
+    """Bring the state store's schema up to date (also done when `serve` starts)."""
+    import asyncio
+
+    from agentrunner.interfaces import StoreUnavailable
+
+    store = _store(obj)
+    if not callable(getattr(store, "migrate", None)):
+        click.echo(f"✓ the {store.name} state store has no schema to migrate")
+        return
+    click.echo(f"migrating the {store.name} state store")
+    try:
+        applied = asyncio.run(store.migrate(progress=click.echo))
+    except StoreUnavailable as exc:
+        _fail_lines([f"✗ {exc}"])
+    click.echo(f"✓ schema up to date ({len(applied)} migration(s) applied)")
+
+
+@db.command()
+@click.option("--execution-days", type=click.FloatRange(min=0), default=90.0, show_default=True,
+              help="Delete finished executions started longer ago than this.")
+@click.option("--state-days", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Delete agent state idle for longer than this.")
+@click.option("--vacuum/--no-vacuum", default=True, show_default=True, help="VACUUM and ANALYZE afterwards.")
+@click.pass_obj
+def maintenance(obj: _Context, execution_days: float, state_days: float, vacuum: bool) -> None:
+    """The reference's database maintenance: archive old executions, clean idle state, vacuum."""
+    import asyncio
+
+    from agentrunner.interfaces import StoreUnavailable
+
+    store = _store(obj)
+    if not callable(getattr(store, "maintenance", None)):
+        _fail_lines([f"✗ the {store.name} state store has no maintenance to run"])
+    click.echo(f"maintenance of the {store.name} state store")
+    try:
+        counts = asyncio.run(store.maintenance(execution_days=execution_days, state_days=state_days,
+                                               vacuum=vacuum, progress=click.echo))
+    except StoreUnavailable as exc:
+        _fail_lines([f"✗ {exc}"])
+    click.echo("✓ done: " + ", ".join(f"{key.replace('_', ' ')} {value}" for key, value in counts.items()))
 
 
 @cli.command()

@@ -360,6 +360,7 @@ class Orchestrator:
         self._event_trie = TopicTrie()
         self._event_patterns: dict[str, frozenset[str]] = {}
         self._accepting = False
+        self.tasks_handled = 0  # task messages handled (an `agentrunner worker` child is replaced after N)
         self._handlers = 0  # task messages being handled, from delivery to acknowledgement
         self._idle = asyncio.Event()
         self._idle.set()
@@ -597,6 +598,7 @@ class Orchestrator:
             await self._handle_task(event.payload["execution_id"], event.payload["agent_name"])
         finally:
             self._handlers -= 1
+            self.tasks_handled += 1
             if not self._handlers:
                 self._idle.set()
 

@@ -24,7 +24,7 @@ class PlatformError(Exception):
     """The platform cannot start as configured (the message says what to change)."""
 
 
-def _backend(registry: Registry, kind: str, name: str, settings: Any, variable: str) -> Any:
+def build_backend(registry: Registry, kind: str, name: str, settings: Any, variable: str) -> Any:
     factory = registry.table(kind).get(name)
     if factory is None:
         raise PlatformError(f"{variable}: {registry.missing(kind, name)}")
@@ -60,27 +60,30 @@ class Platform:
     """Settings, plugins, configuration, backends and the orchestrator of one process."""
 
     def __init__(self, settings: Any, *, pm: Any = None, registry: Registry | None = None,
-                 agents_dir: str | None = None) -> None:
+                 agents_dir: str | None = None, slots: int | None = None) -> None:
         self.settings = settings
         self.pm = pm or make_plugin_manager(settings.agentrunner_disabled_plugins)
         self.registry = registry or Registry.from_plugin_manager(self.pm)
         self.config = ConfigurationService.from_settings(settings, self.registry)
         if agents_dir is not None:
             self.config.agents_dir = agents_dir
-        self.store = _backend(self.registry, "state store", settings.state_backend, settings, "STATE_BACKEND")
-        self.bus = _backend(self.registry, "event bus", settings.event_bus_backend, settings, "EVENT_BUS_BACKEND")
-        self.cache = _backend(self.registry, "cache", settings.cache_backend, settings, "CACHE_BACKEND")
+        self.store = build_backend(self.registry, "state store", settings.state_backend, settings, "STATE_BACKEND")
+        self.bus = build_backend(self.registry, "event bus", settings.event_bus_backend, settings, "EVENT_BUS_BACKEND")
+        self.cache = build_backend(self.registry, "cache", settings.cache_backend, settings, "CACHE_BACKEND")
         self.state = StateManager(self.store, self.cache, settings)
         self.orchestrator = Orchestrator(settings=settings, registry=self.registry, config=self.config,
-                                         store=self.store, bus=self.bus, state=self.state)
+                                         store=self.store, bus=self.bus, state=self.state, slots=slots)
         configure_components(self.registry, settings)
         self.started = False
 
     async def start(self, *, consume: bool = True, watch: bool | None = None, recover: bool = True) -> None:
         """Load the agents, open the backends, start consuming tasks, then call ``startup`` hooks.
 
-        ``recover`` re-queues executions a previous process left unfinished.
+        ``recover`` re-queues executions a previous process left unfinished. Starting a started
+        platform does nothing.
         """
+        if self.started:
+            return
         # Blocking work (sync function tools, file reads of hot reload) runs on this many threads.
         loop = asyncio.get_running_loop()
         # (asyncio.run and the test loops shut the default executor down with the loop)

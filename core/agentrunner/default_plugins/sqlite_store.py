@@ -348,6 +348,7 @@ class SQLiteStateStore:
         self._broken: BaseException | None = None
         self.batches_committed = 0
         self.writes_committed = 0
+        self.applied_migrations: list[str] = []
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -430,6 +431,63 @@ class SQLiteStateStore:
         await conn.execute_fetchall(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         return conn
 
+    async def migrate(self, progress: Callable[[str], Any] | None = None) -> list[str]:
+        """Bring the database's schema up to date (``agentrunner db migrate``); the names applied.
+
+        ``start`` does the same, so this is only needed to migrate without serving.
+        """
+        started_here = self._writer is None
+        before = len(self.applied_migrations)
+        if started_here:
+            await self.start()
+        try:
+            applied = self.applied_migrations[before:]
+            for name in applied:
+                if progress is not None:
+                    progress(f"applied {name}")
+            return applied
+        finally:
+            if started_here:
+                await self.stop()
+
+    async def maintenance(self, *, execution_days: float = 90, state_days: float = 30, vacuum: bool = True,
+                          progress: Callable[[str], Any] | None = None) -> dict[str, int]:
+        """The reference's maintenance (``agentrunner db maintenance``): delete finished executions that
+        started more than ``execution_days`` ago and agent state idle for ``state_days``, then VACUUM and
+        ANALYZE. Executions that have not finished are never deleted."""
+        started_here = self._writer is None
+        if started_here:
+            await self.start()
+        try:
+            now = datetime.now(UTC)
+            executions_before = _ts(now - timedelta(days=execution_days))
+            states_before = _ts(now - timedelta(days=state_days))
+            finished = ("completed", "failed", "timed_out", "cancelled")
+
+            async def delete(conn: Any) -> dict[str, int]:
+                marks = ", ".join("?" * len(finished))
+                await conn.execute_fetchall(
+                    f"DELETE FROM execution_history WHERE status IN ({marks}) "
+                    "AND COALESCE(started_at, created_at) < ?", (*finished, executions_before))
+                executions = (await conn.execute_fetchall("SELECT changes()"))[0][0]
+                await conn.execute_fetchall("DELETE FROM agent_state WHERE last_activity < ?", (states_before,))
+                states = (await conn.execute_fetchall("SELECT changes()"))[0][0]
+                return {"executions_deleted": executions, "states_deleted": states}
+
+            counts = await self._write(delete, savepoint=False)
+            if progress is not None:
+                progress(f"deleted {counts['executions_deleted']} executions older than {execution_days:g} days "
+                         f"and {counts['states_deleted']} agent states idle for {state_days:g} days")
+            if vacuum:
+                await self._writer.execute_fetchall("VACUUM")
+                await self._writer.execute_fetchall("ANALYZE")
+                if progress is not None:
+                    progress("VACUUM and ANALYZE done")
+            return counts
+        finally:
+            if started_here:
+                await self.stop()
+
     async def _migrate(self, conn: aiosqlite.Connection, path: str) -> None:
         await conn.execute_fetchall("BEGIN IMMEDIATE")
         try:
@@ -442,6 +500,7 @@ class SQLiteStateStore:
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[step]:
                     await conn.execute_fetchall(statement)
+                self.applied_migrations.append(f"sqlite schema version {step}")
             if version != SCHEMA_VERSION:
                 await conn.execute_fetchall(f"PRAGMA user_version={SCHEMA_VERSION}")
             await conn.execute_fetchall("COMMIT")

@@ -1,0 +1,111 @@
+"""Operations from the command line: db migrate, db maintenance, validate --connections, worker."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+import textwrap
+from datetime import UTC, datetime, timedelta
+
+from agentrunner.default_plugins.sqlite_store import SQLiteStateStore
+from agentrunner.records import AgentState, Execution, new_id
+from agentrunner.testing.platform import running_platform
+from agentrunner.worker import request_limit, run_child
+from test_cli import run_cli
+
+AGENT = textwrap.dedent("""\
+    name: echoer
+    agent_type: assistant
+    execution_mode: autonomous
+    llm_config: {temperature: 0.5}
+    system_prompt: Echo.
+    """)
+
+
+def test_db_migrate_creates_the_schema_once(tmp_path):
+    env = {"SQLITE_PATH": str(tmp_path / "m.db")}
+    first = run_cli("db", "migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["migrating the sqlite state store", "applied sqlite schema version 1",
+                                         "✓ schema up to date (1 migration(s) applied)"]
+    tables = {row[0] for row in sqlite3.connect(tmp_path / "m.db").execute("SELECT name FROM sqlite_master")}
+    assert {"execution_history", "agent_state", "schedules"} <= tables
+    again = run_cli("db", "migrate", env=env)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1] == "✓ schema up to date (0 migration(s) applied)"
+
+
+async def test_db_maintenance_deletes_old_finished_executions_and_idle_state_only(tmp_path):
+    path = tmp_path / "maint.db"
+    store = SQLiteStateStore(type("S", (), {"sqlite_path": str(path)})())
+    await store.start()
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=100), now - timedelta(days=5)
+    rows = {
+        "old-done": Execution(new_id(), "a", "autonomous", status="completed", created_at=old, started_at=old,
+                              completed_at=old),
+        "old-running": Execution(new_id(), "a", "autonomous", status="running", created_at=old, started_at=old),
+        "old-never-started": Execution(new_id(), "a", "autonomous", status="failed", created_at=old),
+        "recent-done": Execution(new_id(), "a", "autonomous", status="completed", created_at=recent,
+                                 started_at=recent, completed_at=recent),
+    }
+    for execution in rows.values():
+        await store.create_execution(execution)
+    await store.put_state(AgentState(agent_name="idle", last_activity=now - timedelta(days=40)))
+    await store.put_state(AgentState(agent_name="busy", last_activity=now - timedelta(days=1)))
+    await store.stop()
+    result = run_cli("db", "maintenance", env={"SQLITE_PATH": str(path)})
+    assert result.returncode == 0, result.stderr
+    assert "deleted 2 executions older than 90 days and 1 agent states idle for 30 days" in result.stdout
+    assert "VACUUM and ANALYZE done" in result.stdout
+    await store.start()
+    try:
+        kept = {name for name, execution in rows.items() if await store.get_execution(execution.execution_id)}
+        assert kept == {"old-running", "recent-done"}
+        assert await store.get_state("idle") is None and await store.get_state("busy") is not None
+    finally:
+        await store.stop()
+
+
+def test_validate_connections_names_the_variables_to_check(tmp_path):
+    (tmp_path / "agents").mkdir()
+    (tmp_path / "agents" / "echoer.yaml").write_text(AGENT)
+    ok = run_cli("validate", "--config", str(tmp_path), "--connections", env={"SQLITE_PATH": str(tmp_path / "v.db")})
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "✓ state store sqlite: reachable" in ok.stdout and "✓ event bus memory: reachable" in ok.stdout
+    (tmp_path / "a-directory").mkdir()
+    bad = run_cli("validate", "--config", str(tmp_path), "--connections",
+                  env={"SQLITE_PATH": str(tmp_path / "a-directory")})
+    assert bad.returncode == 1
+    line = next(line for line in bad.stdout.splitlines() if line.startswith("✗ state store sqlite"))
+    assert line.endswith("(check SQLITE_PATH)")
+
+
+def test_worker_refuses_the_in_memory_bus(tmp_path):
+    result = run_cli("worker", env={"SQLITE_PATH": str(tmp_path / "w.db")})
+    assert result.returncode == 1
+    assert "agentrunner worker needs an event bus that processes share: set RABBITMQ_URL" in result.stderr
+
+
+def test_the_request_limit_has_jitter_and_zero_means_never():
+    rng = random.Random(7)
+    limits = {request_limit(1000, 100, rng) for _ in range(200)}
+    assert min(limits) >= 1000 and max(limits) <= 1100 and len(limits) > 50
+    assert request_limit(0, 100) == 0 and request_limit(5, 0) == 5
+
+
+async def test_a_worker_child_drains_and_exits_after_its_limit(tmp_path):
+    lines = []
+    async with running_platform(tmp_path, files={"echoer.yaml": AGENT}) as platform:
+        submitted = [(await platform.orchestrator.submit("echoer", f"t{n}"))[0] for n in range(5)]
+        code = await asyncio.wait_for(run_child(platform, 5, lines.append), 10)
+        assert code == 0 and not platform.started
+    store = SQLiteStateStore(type("S", (), {"sqlite_path": str(tmp_path / "db.sqlite")})())
+    await store.start()
+    try:
+        for execution in submitted:  # every task it took is finished before it exits
+            assert (await store.get_execution(execution.execution_id)).status == "completed"
+    finally:
+        await store.stop()
+    assert lines[0].endswith("consuming (8 at once, replaced after 5 tasks)")
+    assert lines[1].endswith("handled 5 tasks; draining to be replaced")
