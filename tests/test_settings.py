@@ -365,6 +365,7 @@ SAMPLES = {
     "REDIS_CONFIG_TTL": ("63", 63), "CONFIG_CACHE_TTL": ("64", 64),
     "SCHEDULER_TIMEZONE": ("Europe/Paris", "Europe/Paris"), "CELERY_TIMEZONE": ("Asia/Tokyo", "Asia/Tokyo"),
     "WORKER_THREADS_PER_PROCESS": ("5", 5), "CELERY_WORKER_CONCURRENCY": ("6", 6),
+    "WORKER_MAX_REQUESTS": ("500", 500), "CELERY_WORKER_MAX_TASKS_PER_CHILD": ("50", 50),
     "CONFIG_AGENTS_DIR": ("/srv/agents", "/srv/agents"), "CONFIG_DIR": ("/srv/conf", str(Path("/srv/conf/agents"))),
     "LOG_LEVEL": ("DEBUG", "DEBUG"),
     **{f"{c}_LOG_LEVEL": ("ERROR", "ERROR") for c in ("STATE_MANAGER", "CONFIG_SERVICE", "ORCHESTRATOR", "SCHEDULER",
@@ -383,6 +384,13 @@ def test_the_generic_name_counts_only_when_the_specific_one_is_unset(winner, los
     assert getattr(both, field) == winner_value
     assert f"{loser} has no effect: {winner} is set too and wins" in both.no_effect_set() or loser in NO_EFFECT \
         or winner.endswith("_LOG_LEVEL")  # LOG_LEVEL still sets the other components
+
+
+def test_a_generic_name_left_at_a_default_unlike_the_specific_ones_changes_nothing():
+    # the reference's .env carries CELERY_WORKER_MAX_TASKS_PER_CHILD=100 (its default): WORKER_MAX_REQUESTS
+    # keeps its own default of 1000 then; any other value of the Celery name counts
+    assert load({"CELERY_WORKER_MAX_TASKS_PER_CHILD": "100"}).worker_max_requests == 1000
+    assert load({"CELERY_WORKER_MAX_TASKS_PER_CHILD": "0"}).worker_max_requests == 0
 
 
 def test_the_loser_keeps_its_own_value_in_its_field():

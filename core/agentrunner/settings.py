@@ -1049,11 +1049,16 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
             problems.append(f"{name}: expected {exc} ({got})")
 
     fields = {VARIABLES[name].field: value for name, value in parsed.items()}
-    # The more specific name wins; the other one counts only when the specific one is unset.
+    # The more specific name wins; the other one counts only when the specific one is unset — and,
+    # where their defaults differ, only when it is set to something other than its own default (the
+    # reference's .env lists CELERY_WORKER_MAX_TASKS_PER_CHILD=100, which must not halve WORKER_MAX_REQUESTS).
     for winner, loser, _note in PRECEDENCE:
         if winner in parsed or loser not in parsed:
             continue
         convert = _CONVERT.get((winner, loser), lambda value: value)
+        loser_default = VARIABLES[loser].default
+        if parsed[loser] == loser_default and convert(loser_default) != VARIABLES[winner].default:
+            continue
         fields[VARIABLES[winner].field] = convert(parsed[loser])
 
     settings = Settings(**{field.lstrip("_"): value for field, value in fields.items()},
