@@ -24,4 +24,8 @@ them with pytest-asyncio (``asyncio_mode = auto``, or the marker they carry).
 The suites use unique names, so they do not need an empty backend, and assume
 nothing about the backend beyond ``agentrunner.interfaces``. Importing these
 modules needs pytest, which ``agentrunner`` itself never imports.
+
+The pytest plugin ``agentrunner.testing.pytest_plugin`` (loaded by pytest through the
+``pytest11`` entry point) adds ``require_service`` — skip when a service is missing, fail
+under ``CI=true`` — and the ``agentrunner_platform`` / ``agentrunner_http`` fixtures.
 """
