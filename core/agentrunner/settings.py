@@ -533,8 +533,8 @@ class Settings:
 
     # StateManager
     state_manager_log_level: str = _state(_LOG_LEVEL, "INFO", "StateManager log level (unset: LOG_LEVEL)")
-    state_compression_enabled: bool = _state(_Bool(), True, "compress large state objects")
-    state_compression_threshold: int = _state(_COUNT, 1024, "compress state larger than this many bytes")
+    state_compression_enabled: bool = _state(_Bool(), True, "compress large values in the Redis cache")
+    state_compression_threshold: int = _state(_COUNT, 1024, "compress cached values larger than this many bytes")
     state_save_interval: int = _state(_POSITIVE, 180, "default of continuous_config.save_interval_seconds")
     state_history_limit: int = _state(_POSITIVE, 100, "default of continuous_config.max_conversation_history")
     state_idle_timeout: int = _state(_POSITIVE, 900, "default of continuous_config.idle_timeout_seconds")
@@ -938,8 +938,6 @@ NO_EFFECT: dict[str, str] = {
                  "STATE_MANAGER_LOG_LEVEL", "CONFIG_SERVICE_LOG_LEVEL", "ORCHESTRATOR_LOG_LEVEL",
                  "SCHEDULER_LOG_LEVEL", "SLACK_GATEWAY_LOG_LEVEL", "LOG_FORMAT", "LOG_OUTPUT", "LOG_FILE_PATH",
                  "LOG_MAX_SIZE", "LOG_BACKUP_COUNT", "LOG_ROTATION"),
-    **_no_effect("the state stores do not compress state yet", "STATE_COMPRESSION_ENABLED",
-                 "STATE_COMPRESSION_THRESHOLD"),
     **_no_effect("the orchestrator does not read it yet", "TASK_ROUTING_STRATEGY",
                  "AGENT_REGISTRATION_TIMEOUT", "AGENT_HEALTH_CHECK_INTERVAL", "AGENT_UNRESPONSIVE_THRESHOLD"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they
@@ -949,11 +947,6 @@ NO_EFFECT: dict[str, str] = {
                  "POSTGRES_POOL_TIMEOUT", "POSTGRES_POOL_MAX_OVERFLOW", "POSTGRES_STATEMENT_TIMEOUT",
                  "POSTGRES_ECHO_SQL", "POSTGRES_ENABLE_QUERY_CACHE", "POSTGRES_SSL_MODE", "DB_POOL_SIZE",
                  "DB_POOL_OVERFLOW", "DB_QUERY_TIMEOUT"),
-    **_no_effect(_plugin("agentrunner-redis"), "REDIS_KEY_PREFIX", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD",
-                 "REDIS_MAX_CONNECTIONS", "REDIS_SOCKET_TIMEOUT", "REDIS_SOCKET_CONNECT_TIMEOUT", "REDIS_SSL",
-                 "REDIS_POOL_SIZE", "CACHE_OPERATION_TIMEOUT"),
-    **_no_effect(_plugin("agentrunner-redis") + "; a Redis server setting, best set in redis.conf",
-                 "REDIS_MAXMEMORY", "REDIS_MAXMEMORY_POLICY"),
     **_no_effect(_plugin("agentrunner-rabbitmq"), "RABBITMQ_EXCHANGE", "RABBITMQ_PORT", "RABBITMQ_USER",
                  "RABBITMQ_PASSWORD", "RABBITMQ_VHOST", "RABBITMQ_HEARTBEAT", "RABBITMQ_CONNECTION_TIMEOUT",
                  "RABBITMQ_BLOCKED_TIMEOUT", "RABBITMQ_CHANNEL_MAX", "RABBITMQ_FRAME_MAX", "RABBITMQ_PREFETCH_COUNT",
