@@ -574,6 +574,8 @@ class Settings:
     # SchedulerService and the reference's Celery settings
     scheduler_log_level: str = _sched(_LOG_LEVEL, "INFO", "SchedulerService log level (unset: LOG_LEVEL)")
     scheduler_timezone: str = _sched(_TimeZone(), "UTC", "default time zone of cron schedules")
+    scheduler_misfire_grace: float = _sched(_Float(0), 300.0, "seconds after its time a missed tick still "
+                                                               "fires (once) when the scheduler comes back")
     celery_broker_url: Secret | None = _sched(_Secret(), None, "Celery broker", reference="${RABBITMQ_URL}")
     celery_result_backend: Secret | None = _sched(_Secret(), None, "Celery result backend",
                                                   reference="redis://${REDIS_HOST}:${REDIS_PORT}/1")
@@ -933,6 +935,7 @@ NO_EFFECT: dict[str, str] = {
     **_no_effect(_HTTP, "TLS_ENABLED", "TLS_CERT_PATH", "TLS_KEY_PATH", "TLS_CA_PATH", "TLS_MIN_VERSION",
                  "TLS_CIPHERS", "CORS_ENABLED", "CORS_ORIGINS", "CORS_METHODS", "CORS_HEADERS",
                  "RATE_LIMIT_ENABLED", "RATE_LIMIT_PER_MINUTE", "RATE_LIMIT_BURST"),
+    **_no_effect("the scheduler is not available yet", "SCHEDULER_MISFIRE_GRACE"),
     **_no_effect("the metrics endpoint is not available yet", "PROMETHEUS_ENABLED", "METRICS_PORT"),
     **_no_effect("log levels per component, log files and JSON logs are not available yet",
                  "STATE_MANAGER_LOG_LEVEL", "CONFIG_SERVICE_LOG_LEVEL", "ORCHESTRATOR_LOG_LEVEL",
