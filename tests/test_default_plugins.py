@@ -89,9 +89,22 @@ class FakeContext:
     answers: list = attrs.Factory(list)
     prompts: list = attrs.Factory(list)
     submitted: list = attrs.Factory(list)
+    loaded: list = attrs.Factory(list)  # the other agents ctx.agents() names
+    replies: list = attrs.Factory(list)  # a human's answers to ctx.ask
+    questions: list = attrs.Factory(list)
+    overrides: list = attrs.Factory(list)
+    details: dict = attrs.Factory(dict)
 
-    async def complete(self, messages):
+    def agents(self):
+        return sorted(self.loaded)
+
+    async def ask(self, question):
+        self.questions.append(question)
+        return self.replies.pop(0)
+
+    async def complete(self, messages, **overrides):
         self.prompts.append(list(messages))
+        self.overrides.append(overrides)
         if self.answers:
             answer = self.answers.pop(0)
             if isinstance(answer, Exception):
@@ -169,3 +182,40 @@ async def test_collaborative_hierarchical_falls_back_when_the_plan_is_not_json()
     ctx = FakeContext(FakeAgent(collaborative_config=config), FakeTask("t"), answers=["no plan", "done"])
     assert await CollaborativeMode().execute(ctx) == "done"
     assert ctx.submitted == [("a", "t"), ("b", "t")]
+
+
+async def test_collaborative_offers_the_preferred_collaborators_first_then_the_others():
+    config = CollaborativeConfig(preferred_collaborators=["b"], max_collaborators=3, planning_strategy="sequential")
+    agent = FakeAgent(collaborative_config=config)
+    ctx = FakeContext(agent, FakeTask("t"), loaded=["z", "a", "b", agent.name, "c"])
+    assert await CollaborativeMode().execute(ctx) == "c(a(b(t)))"
+    assert ctx.details["collaborators"] == ["b", "a", "c"]  # never itself, at most max_collaborators
+    assert [step["result"] for step in ctx.details["steps"]] == ["b(t)", "a(b(t))", "c(a(b(t)))"]
+
+
+async def test_collaborative_hierarchical_keeps_its_plan_and_asks_structured_output():
+    config = CollaborativeConfig(preferred_collaborators=["a", "b"], planning_strategy="hierarchical")
+    plan = json.dumps({"steps": [{"agent": "a", "instruction": "research"}]})
+    ctx = FakeContext(FakeAgent(collaborative_config=config), FakeTask("report"), answers=[plan, "done"])
+    assert await CollaborativeMode().execute(ctx) == "done"
+    assert ctx.overrides[0] == {"response_format": {"type": "json_object"}}
+    assert ctx.details["plan"] == [{"agent": "a", "instruction": "research"}]
+    assert ctx.details["steps"] == [{"agent": "a", "instruction": "research", "result": "a(research)"}]
+
+
+async def test_collaborative_coordinator_may_ask_a_human_before_planning():
+    config = CollaborativeConfig(preferred_collaborators=["a", "b"], planning_strategy="hierarchical")
+    question = json.dumps({"question": "Which quarter?"})
+    plan = json.dumps({"steps": [{"agent": "b", "instruction": "Q3 numbers"}]})
+    ctx = FakeContext(FakeAgent(collaborative_config=config), FakeTask("sales report"),
+                      answers=[question, plan, "done"], replies=["Q3"])
+    assert await CollaborativeMode().execute(ctx) == "done"
+    assert ctx.questions == ["Which quarter?"]
+    assert "You asked: Which quarter?\nThe user answered: Q3" in ctx.prompts[1][0].content
+    assert ctx.details["clarifications"] == [{"question": "Which quarter?", "answer": "Q3"}]
+    # without allow_human_clarification a question is not a plan: one step per collaborator
+    quiet = CollaborativeConfig(preferred_collaborators=["a", "b"], allow_human_clarification=False)
+    ctx = FakeContext(FakeAgent(collaborative_config=quiet), FakeTask("t"), answers=[question, "done"])
+    assert await CollaborativeMode().execute(ctx) == "done"
+    assert ctx.questions == [] and ctx.submitted == [("a", "t"), ("b", "t")]
+

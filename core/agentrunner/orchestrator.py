@@ -181,11 +181,20 @@ class ExecutionContext:
         An agent with ``tools`` runs the tool-calling loop: its tools are offered,
         the ones the model asks for run (concurrently within a turn) and their
         results go back, until the model answers. ``tools=`` offers exactly the
-        given definitions instead, for a single call with no loop.
+        given definitions instead, for a single call with no loop; other keywords
+        override ``llm_config`` fields for one call with no loop (e.g.
+        ``response_format={"type": "json_object"}`` for a structured answer).
         """
+        llm_overrides = {key: value for key, value in overrides.items() if key != "tools"}
+        if llm_overrides:  # e.g. response_format for one structured answer
+            return await self._complete_once(list(messages), tuple(overrides.get("tools", ())), llm_overrides)
         if "tools" in overrides or not self.agent.tools:
             return await self._complete_once(list(messages), tuple(overrides.get("tools", ())))
         return await self._tool_loop(list(messages))
+
+    def agents(self) -> list[str]:
+        """The names of the agents loaded now (collaborators a mode may ``submit`` to), sorted."""
+        return sorted(self._orchestrator.config.agents)
 
     async def _tool_loop(self, conversation: list[Message]) -> CompletionResponse:
         tools = await self._open_tools()
@@ -256,10 +265,15 @@ class ExecutionContext:
             return Message("tool", error, tool_call_id=call.id, is_error=True)
         return Message("tool", content, tool_call_id=call.id)
 
-    async def _complete_once(self, messages: list[Message], tools: tuple[ToolDefinition, ...]) -> CompletionResponse:
+    async def _complete_once(self, messages: list[Message], tools: tuple[ToolDefinition, ...],
+                             llm_overrides: Mapping[str, Any] | None = None) -> CompletionResponse:
         orchestrator = self._orchestrator
-        provider = orchestrator.registry.providers[self.agent.llm_config.provider]
-        request = CompletionRequest(llm_config=self.agent.llm_config, system_prompt=self.agent.system_prompt,
+        llm_config = self.agent.llm_config
+        if llm_overrides:
+            llm_config = attrs.evolve(llm_config, **llm_overrides,
+                                      explicit_fields=llm_config.explicit_fields | frozenset(llm_overrides))
+        provider = orchestrator.registry.providers[llm_config.provider]
+        request = CompletionRequest(llm_config=llm_config, system_prompt=self.agent.system_prompt,
                                     messages=messages, tools=tools)
         policy = RetryPolicy.of(self.agent)
         stream = orchestrator.streams.get(self._execution.execution_id)
