@@ -95,6 +95,9 @@ def task_routing_key(mode: str, agent_name: str) -> str:
     return f"{mode}.task.submitted"
 
 
+#: Bounds of the period at which idle agents are looked for (a quarter of the shortest idle timeout).
+IDLE_CHECK_MIN, IDLE_CHECK_MAX = 0.05, 30.0
+
 #: Modes whose tasks of one agent run one at a time, in order, on a queue of the agent's own.
 ORDERED_MODES = frozenset({"continuous"})
 
@@ -393,6 +396,8 @@ class Orchestrator:
                 self._subscriptions.append(subscription)
             self._consuming = True
             await self.sync_ordered_queues()
+            await self._restore_agents()
+            self._spawn(self._unload_idle_agents())
             self._events_subscription = await self.bus.subscribe(EVENTS_QUEUE, [], self._on_event,
                                                                  concurrency=self.slots)
             await self.sync_event_subscriptions()
@@ -639,7 +644,10 @@ class Orchestrator:
 
     async def _run(self, agent: Any, mode: Any, execution: Execution) -> None:
         uses_state = getattr(mode, "uses_state", agent.execution_mode not in ("autonomous", "scheduled"))
-        stored_state = await self.state.get(agent.name) if uses_state else None
+        stored_state = None
+        if uses_state:
+            stored_state = await self.state.get(agent.name)
+            self.state.touch(agent.name)
         state = dict(stored_state.state_data) if stored_state else {}
         snapshot = json.dumps(state, sort_keys=True, default=str) if uses_state else None
         ctx = ExecutionContext(self, agent, execution, state)
@@ -774,6 +782,37 @@ class Orchestrator:
         depth = int(execution.data.get("chain_depth", 0)) if isinstance(execution.data, dict) else 0
         return {"trace_id": execution.trace_id, "origin_agent": execution.agent_name,
                 "origin_execution": execution.execution_id, "depth": depth + 1}
+
+    async def _restore_agents(self) -> None:
+        """``restore_on_startup``: load the state of continuous agents before their first task."""
+        for name, agent in sorted(self.config.agents.items()):
+            config = getattr(agent, "continuous_config", None)
+            if agent.execution_mode != "continuous" or (config is not None and not config.restore_on_startup):
+                continue
+            try:
+                await self.state.load(name)
+            except Exception as exc:  # the first task restores it instead
+                log.warning("could not restore the state of agent %s at start: %s", name, exc)
+
+    def _idle_timeout(self, agent_name: str) -> float:
+        agent = self.config.get(agent_name)
+        config = getattr(agent, "continuous_config", None) if agent is not None else None
+        return float(config.idle_timeout_seconds if config is not None else self.settings.state_idle_timeout)
+
+    async def _unload_idle_agents(self) -> None:
+        """Unload agents idle for their ``idle_timeout_seconds``: their state leaves the cache (it stays in
+        the store) and the next task restores it."""
+        while True:
+            period = IDLE_CHECK_MAX
+            for name in list(self.state.loaded):
+                timeout = self._idle_timeout(name)
+                period = min(period, max(IDLE_CHECK_MIN, timeout / 4))
+                idle = self.state.idle_for(name)
+                lock = self._agent_locks.get(name)
+                if idle is not None and idle >= timeout and not (lock is not None and lock.locked()):
+                    await self.state.unload(name)
+                    log.info("agent %s idle for %.0f s: unloaded (its state stays in the store)", name, idle)
+            await asyncio.sleep(period)
 
     async def sync_ordered_queues(self) -> None:
         """One single-active queue per continuous agent: across every process its tasks run one at a

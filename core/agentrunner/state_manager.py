@@ -8,6 +8,7 @@ A cache outage only costs speed: every cache failure falls back to the store.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from agentrunner.cache_ttls import cache_ttls
@@ -29,6 +30,28 @@ class StateManager:
         self.enabled = bool(settings.state_cache_enabled)
         self.write_through = bool(settings.state_cache_write_through)
         self.ttl = cache_ttls(settings).state
+        #: agents whose state this process holds ready (in the cache), with when each was last used
+        self.loaded: dict[str, float] = {}
+
+    def touch(self, agent_name: str) -> None:
+        """The agent was just used: it stays loaded until it has been idle for its idle timeout."""
+        self.loaded[agent_name] = time.monotonic()
+
+    def idle_for(self, agent_name: str) -> float | None:
+        """Seconds since the agent was last used, or None when it is not loaded."""
+        used = self.loaded.get(agent_name)
+        return None if used is None else time.monotonic() - used
+
+    async def load(self, agent_name: str) -> AgentState | None:
+        """Read the agent's state into the cache ahead of its first task (``restore_on_startup``)."""
+        state = await self.get(agent_name)
+        self.touch(agent_name)
+        return state
+
+    async def unload(self, agent_name: str) -> None:
+        """Drop an idle agent from memory; its state stays in the store and the next task restores it."""
+        self.loaded.pop(agent_name, None)
+        await self._evict(agent_name)
 
     async def get(self, agent_name: str) -> AgentState | None:
         if self.enabled:

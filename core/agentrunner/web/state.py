@@ -12,10 +12,14 @@ from agentrunner.web.common import PLATFORM, ApiError, make_app, not_found, read
 
 
 async def get_state(request: web.Request) -> web.Response:
-    state = await request.app[PLATFORM].state.get(request.match_info["agent_name"])
+    manager = request.app[PLATFORM].state
+    name = request.match_info["agent_name"]
+    loaded = name in manager.loaded  # before the read below, which would load it
+    state = await manager.get(name)
     if state is None:
-        raise not_found(f"no state stored for agent {request.match_info['agent_name']!r}")
-    return web.json_response(state.to_json())
+        raise not_found(f"no state stored for agent {name!r}")
+    # `loaded`: this process holds the agent ready; an idle agent is unloaded and its next task restores it
+    return web.json_response({**state.to_json(), "loaded": loaded})
 
 
 async def put_state(request: web.Request) -> web.Response:
