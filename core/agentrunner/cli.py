@@ -206,9 +206,14 @@ def serve(obj: _Context, config_dir: str | None, services: tuple[str, ...]) -> N
     """Run the platform: the HTTP services, the orchestrator and its workers."""
     import asyncio
 
+    from agentrunner.interfaces import BusUnavailable, StoreUnavailable
+
     platform = _platform(obj, config_dir)
     _setup_logging(platform.settings)
-    asyncio.run(_serve(platform, list(services) or None))
+    try:
+        asyncio.run(_serve(platform, list(services) or None))
+    except (StoreUnavailable, BusUnavailable, ConnectionError) as exc:  # a backend down at start
+        _fail_lines([f"✗ cannot start: {exc}", "  (`agentrunner validate --connections` checks every backend)"])
 
 
 async def _serve(platform, services: list[str] | None) -> None:

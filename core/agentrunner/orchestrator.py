@@ -206,7 +206,7 @@ class ExecutionContext:
         max_steps, repeat_limit = settings.agent_max_tool_steps, settings.agent_tool_repeat_limit
         last_call, repeats = None, 0
         for _ in range(max_steps):
-            response = await self._complete_once(conversation, definitions)
+            response = await self._complete_once(list(conversation), definitions)  # a provider may keep it
             if not response.tool_calls:
                 return response
             for call in response.tool_calls:

@@ -464,6 +464,8 @@ class Settings:
     postgres_pool_max_overflow: int = _pg(_COUNT, 10, "connections allowed above the pool size")
     postgres_statement_timeout: int = _pg(_COUNT, 30000, "query timeout in milliseconds, 0 for none")
     postgres_echo_sql: bool = _pg(_Bool(), False, "log every SQL statement (debug only: may log data)")
+    db_auto_migrate: bool = _pg(_Bool(), True, "apply the schema migrations when the store starts "
+                                               "(false: only check them; run `agentrunner db migrate`)")
     postgres_enable_query_cache: bool = _pg(_Bool(), True, "cache prepared statements (false behind pgbouncer)")
     postgres_ssl_mode: str = _pg(
         _Choice(("disable", "allow", "prefer", "require", "verify-ca", "verify-full")), "prefer", "libpq sslmode"
@@ -569,7 +571,7 @@ class Settings:
                                                      "more fail the execution")
     agent_tool_repeat_limit: int = _orch(_POSITIVE, 3, "the same tool with identical arguments this many times "
                                                        "in a row fails the execution")
-    tool_max_response_bytes: int = _orch(_Size(1), 1024**2, "largest answer an api tool may give (such as 1mb)")
+    tool_max_response_bytes: int = _orch(_Size(1), 1024**2, "largest answer an api or mcp tool may give (such as 1mb)")
 
     # SchedulerService and the reference's Celery settings
     scheduler_log_level: str = _sched(_LOG_LEVEL, "INFO", "SchedulerService log level (unset: LOG_LEVEL)")
@@ -945,11 +947,6 @@ NO_EFFECT: dict[str, str] = {
                  "AGENT_REGISTRATION_TIMEOUT", "AGENT_HEALTH_CHECK_INTERVAL", "AGENT_UNRESPONSIVE_THRESHOLD"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they
     # choose the backend, and start-up names the plugin to install.)
-    **_no_effect(_plugin("agentrunner-postgres"), "POSTGRES_PORT", "POSTGRES_DB",
-                 "POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_MIN_POOL_SIZE", "POSTGRES_MAX_POOL_SIZE",
-                 "POSTGRES_POOL_TIMEOUT", "POSTGRES_POOL_MAX_OVERFLOW", "POSTGRES_STATEMENT_TIMEOUT",
-                 "POSTGRES_ECHO_SQL", "POSTGRES_ENABLE_QUERY_CACHE", "POSTGRES_SSL_MODE", "DB_POOL_SIZE",
-                 "DB_POOL_OVERFLOW", "DB_QUERY_TIMEOUT"),
     **_no_effect(_plugin("agentrunner-rabbitmq"), "RABBITMQ_EXCHANGE", "RABBITMQ_PORT", "RABBITMQ_USER",
                  "RABBITMQ_PASSWORD", "RABBITMQ_VHOST", "RABBITMQ_HEARTBEAT", "RABBITMQ_CONNECTION_TIMEOUT",
                  "RABBITMQ_BLOCKED_TIMEOUT", "RABBITMQ_CHANNEL_MAX", "RABBITMQ_FRAME_MAX", "RABBITMQ_PREFETCH_COUNT",
