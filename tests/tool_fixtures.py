@@ -44,3 +44,11 @@ def explode(reason: str) -> str:
 async def hang() -> str:
     await asyncio.sleep(3600)
     return "never"
+
+
+def nap(seconds: float, label: str) -> str:
+    """Sleep a little (a task worth killing a worker in the middle of), then say so."""
+    import time
+
+    time.sleep(seconds)
+    return f"napped {label}"
