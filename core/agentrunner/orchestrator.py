@@ -624,7 +624,9 @@ class Orchestrator:
     async def _handle_task(self, execution_id: str, agent_name: str) -> None:
         async with self._slots:
             if not self._accepting:
-                return  # stopping: the execution stays queued in the store and is recovered on the next start
+                # stopping: the bus must keep the message (a durable bus redelivers it; the store has the
+                # execution queued for the in-memory bus's recovery) — returning would acknowledge it
+                raise asyncio.CancelledError("stopping: the task goes back to the bus")
             if execution_id in self._running:
                 return  # a redelivery while this process runs it
             agent = self.config.get(agent_name)

@@ -925,8 +925,6 @@ NO_EFFECT: dict[str, str] = {
     **_no_effect("always on: a task is acknowledged only after its result is stored",
                  "CELERY_TASK_ACKS_LATE"),
     **_no_effect("always on: the task of a worker that dies is delivered again", "CELERY_TASK_REJECT_ON_WORKER_LOST"),
-    **_no_effect("the management UI belongs to RabbitMQ; agentrunner does not use its API",
-                 "RABBITMQ_MANAGEMENT_PORT"),
     **_no_effect("one process runs every service: they call each other directly",
                  "STATE_MANAGER_HOST", "CONFIG_SERVICE_HOST"),
     **_no_effect("agent configurations are always held in memory and reloaded on change",
@@ -947,11 +945,6 @@ NO_EFFECT: dict[str, str] = {
                  "AGENT_REGISTRATION_TIMEOUT", "AGENT_HEALTH_CHECK_INTERVAL", "AGENT_UNRESPONSIVE_THRESHOLD"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they
     # choose the backend, and start-up names the plugin to install.)
-    **_no_effect(_plugin("agentrunner-rabbitmq"), "RABBITMQ_EXCHANGE", "RABBITMQ_PORT", "RABBITMQ_USER",
-                 "RABBITMQ_PASSWORD", "RABBITMQ_VHOST", "RABBITMQ_HEARTBEAT", "RABBITMQ_CONNECTION_TIMEOUT",
-                 "RABBITMQ_BLOCKED_TIMEOUT", "RABBITMQ_CHANNEL_MAX", "RABBITMQ_FRAME_MAX", "RABBITMQ_PREFETCH_COUNT",
-                 "RABBITMQ_CONSUMER_TIMEOUT", "RABBITMQ_QUEUE_MAX_LENGTH", "RABBITMQ_MESSAGE_TTL",
-                 "RABBITMQ_QUEUE_EXPIRES", "RABBITMQ_SSL", "RABBITMQ_POOL_SIZE"),
     **_no_effect(_plugin("agentrunner-slack"), "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET",
                  "SLACK_WEBHOOK_PATH", "SLACK_VERIFY_SIGNATURE", "SLACK_SIGNATURE_VERSION", "SLACK_RATE_LIMIT_ENABLED",
                  "SLACK_RATE_LIMIT_CALLS", "SLACK_RATE_LIMIT_PERIOD", "SLACK_MAX_RETRY_ATTEMPTS", "SLACK_RETRY_DELAY",

@@ -1,0 +1,240 @@
+"""The AMQP connection: where it goes, the limits this client asks for, and errors that say what to check.
+
+aiormq answers the broker's ``Connection.Tune`` with the broker's own channel and frame
+limits and keeps the connection-level frames (``Blocked``, ``Close``) to itself. AMQP lets a
+client lower those limits, which is what ``RABBITMQ_CHANNEL_MAX`` / ``RABBITMQ_FRAME_MAX`` ask
+for, and the bus needs to know when the broker blocks publishers and why it refused a
+connection. So the connection reads its frames through ``ConnectionWatch``: it lowers the
+limits in ``Tune`` as the frame arrives (aiormq then answers with them and sizes its frames by
+them) and notes ``Blocked``, ``Unblocked`` and ``Close``. Nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import struct
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+import aio_pika
+import aiormq
+from aio_pika.abc import ConnectionParameter
+from aiormq.connection import TCPTransportFactory, TLSTransportFactory, TransportFactory
+from yarl import URL
+
+#: Seconds between two attempts to reconnect after the connection was lost.
+RECONNECT_INTERVAL = 2.0
+
+_METHOD_FRAME = 1
+_FRAME_HEADER = 7  # type (1), channel (2), payload size (4)
+_TUNE = (10, 30)
+_CLOSE = (10, 50)
+_BLOCKED = (10, 60)
+_UNBLOCKED = (10, 61)
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
+
+
+class ConnectionWatch:
+    """The limits asked of the broker, and what it said on the connection (blocked, closed)."""
+
+    def __init__(self, channel_max: int, frame_max: int,
+                 on_blocked: Callable[[str | None], None] | None = None) -> None:
+        self.channel_max = channel_max
+        self.frame_max = frame_max
+        #: called with the broker's reason when it blocks publishing, with None when it lifts the block
+        self.on_blocked = on_blocked
+        self.blocked_reason: str | None = None
+        self.unblocked = asyncio.Event()
+        self.unblocked.set()
+        #: the reply of the broker's last ``Connection.Close`` ("530 NOT_ALLOWED - vhost x not found")
+        self.close_reason: str | None = None
+
+    @property
+    def blocked(self) -> bool:
+        return not self.unblocked.is_set()
+
+    def connecting(self) -> None:
+        """A new connection starts unblocked and with nothing said yet."""
+        self.close_reason = None
+        self._set_blocked(None)
+
+    def connection_method(self, payload: bytes) -> bytes:
+        """A method frame of channel 0 (its payload and frame end), with the Tune limits lowered."""
+        if len(payload) < 4:
+            return payload
+        method = struct.unpack_from(">HH", payload)
+        if method == _TUNE and len(payload) >= 12:
+            server_channels, server_frame = struct.unpack_from(">HI", payload, 4)
+            channels = min(server_channels or 65535, self.channel_max)  # 0: the broker sets no limit
+            frame = min(server_frame or self.frame_max, self.frame_max)
+            return payload[:4] + struct.pack(">HI", channels, frame) + payload[10:]
+        if method == _BLOCKED:
+            self._set_blocked(_shortstr(payload, 4) or "no reason given")
+        elif method == _UNBLOCKED:
+            self._set_blocked(None)
+        elif method == _CLOSE and len(payload) >= 6:
+            (code,) = struct.unpack_from(">H", payload, 4)
+            self.close_reason = f"{code} {_shortstr(payload, 6)}"
+        return payload
+
+    def _set_blocked(self, reason: str | None) -> None:
+        was_blocked = self.blocked
+        self.blocked_reason = reason
+        if reason is None:
+            self.unblocked.set()
+        else:
+            self.unblocked.clear()
+        if self.on_blocked is not None and (reason is not None or was_blocked):
+            self.on_blocked(reason)
+
+
+def _shortstr(payload: bytes, offset: int) -> str:
+    if len(payload) <= offset:
+        return ""
+    length = payload[offset]
+    return payload[offset + 1:offset + 1 + length].decode("utf-8", "replace")
+
+
+class _WatchedReader:
+    """The connection's stream reader, showing each method frame of channel 0 to the watch.
+
+    aiormq reads a frame as its 7-byte header, then its payload and frame end.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, watch: ConnectionWatch) -> None:
+        self._reader = reader
+        self._watch = watch
+        self._header = b""
+
+    def at_eof(self) -> bool:
+        return self._reader.at_eof()
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self._reader.read(n)
+
+    async def readexactly(self, n: int) -> bytes:
+        data = await self._reader.readexactly(n)
+        if len(self._header) < _FRAME_HEADER:
+            self._header += data
+            return data
+        header, self._header = self._header, b""
+        if header[0] == _METHOD_FRAME and header[1:3] == b"\x00\x00":
+            data = self._watch.connection_method(data)
+        return data
+
+
+class _WatchingTransport(TransportFactory):
+    """aiormq's TCP or TLS transport, read through a ``ConnectionWatch``."""
+
+    def __init__(self, watch: ConnectionWatch) -> None:
+        self._watch = watch
+
+    async def create(self, url: URL, **kwargs: Any) -> tuple[Any, asyncio.StreamWriter]:
+        inner = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
+        self._watch.connecting()
+        reader, writer = await inner.create(url, **kwargs)
+        return _WatchedReader(reader, self._watch), writer
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+class WatchedConnection(aio_pika.RobustConnection):
+    """aio-pika's robust connection (it reconnects and restores channels, queues and consumers),
+    with a transport factory passed on to aiormq."""
+
+    PARAMETERS = (*aio_pika.RobustConnection.PARAMETERS,
+                  ConnectionParameter(name="transport_factory", parser=_as_is, is_kwarg=True))
+
+
+async def open_connection(url: str, *, name: str, timeout: float, watch: ConnectionWatch) -> WatchedConnection:
+    """Connect (the first attempt fails at once); later losses reconnect by themselves."""
+    connection = WatchedConnection(URL(url), client_properties={"connection_name": name},
+                                   transport_factory=_WatchingTransport(watch),
+                                   reconnect_interval=str(RECONNECT_INTERVAL))
+    try:
+        await connection.connect(timeout=timeout)
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
+def negotiated(connection: aio_pika.abc.AbstractConnection) -> aiormq.spec.Connection.Tune | None:
+    """The channel max, frame max and heartbeat of the connection as it is now (None while reconnecting)."""
+    transport = connection.transport
+    return getattr(transport.connection, "connection_tune", None) if transport is not None else None
+
+
+def server_version(connection: aio_pika.abc.AbstractConnection) -> tuple[int, ...]:
+    """The broker's version, e.g. ``(3, 10, 8)``; ``()`` when it did not say."""
+    transport = connection.transport
+    properties = (getattr(transport.connection, "server_properties", None) if transport is not None else None) or {}
+    version = properties.get("version", "")
+    if isinstance(version, bytes):
+        version = version.decode("ascii", "replace")
+    parts = []
+    for part in str(version).split("."):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+class BrokerAddress:
+    """Where the bus connects, for messages: never the password."""
+
+    def __init__(self, url: str, *, from_url: bool, management_port: int) -> None:
+        parsed = URL(url)
+        self.scheme = parsed.scheme
+        self.host = parsed.host or "localhost"
+        self.port = parsed.explicit_port or _DEFAULT_PORTS.get(parsed.scheme, 5672)
+        self.user = parsed.user or "guest"
+        raw = parsed.raw_path[1:] if parsed.raw_path not in ("", "/") else "/"
+        self.vhost = unquote(raw) or "/"
+        self._password = parsed.password or ""
+        self._from_url = from_url
+        self._management_port = management_port
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def variables(self, *parts: str) -> str:
+        """The variables to check for these parts of the address (RABBITMQ_URL when it is the source)."""
+        return "RABBITMQ_URL" if self._from_url else ", ".join(f"RABBITMQ_{part}" for part in parts)
+
+    def scrub(self, text: str) -> str:
+        """``text`` without the password, should a library have put it there."""
+        return text.replace(self._password, "******") if self._password else text
+
+    def explain(self, error: BaseException, *, timeout: float, close_reason: str | None) -> str:
+        """What went wrong connecting, and which variables to check."""
+        where = f"RabbitMQ at {self} (virtual host {self.vhost!r})"
+        if isinstance(error, aiormq.exceptions.ProbableAuthenticationError | aiormq.exceptions.AuthenticationError):
+            reason = self.scrub(" ".join(str(arg) for arg in error.args) or type(error).__name__).rstrip(".")
+            return (f"{where} refused the login of user {self.user!r} ({self.variables('USER', 'PASSWORD')}): "
+                    f"{reason}. Verify: curl -u {self.user} http://{self.host}:{self._management_port}/api/overview")
+        if close_reason is not None:
+            hint = self.variables("VHOST") if close_reason.startswith(("530", "403")) else self.variables(
+                "HOST", "PORT", "VHOST")
+            return f"{where} closed the connection ({hint}): {self.scrub(close_reason)}"
+        if isinstance(error, TimeoutError):
+            return (f"cannot connect to {where} ({self.variables('HOST', 'PORT')}): no answer within "
+                    f"{timeout:g} s (RABBITMQ_CONNECTION_TIMEOUT)")
+        reason = self.scrub(_reason(error))
+        hint = self.variables("HOST", "PORT")
+        if "SSL" in reason or "TLS" in reason or self.scheme == "amqps":
+            hint = self.variables("HOST", "PORT", "SSL") + "; RabbitMQ's TLS port is usually 5671"
+        return f"cannot connect to {where} ({hint}): {reason}"
+
+
+def _reason(error: BaseException) -> str:
+    args = getattr(error, "args", ())
+    if len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], str):  # (errno, strerror)
+        return "connection refused" if args[0] == errno.ECONNREFUSED else args[1]
+    text = str(error)
+    return text if text else type(error).__name__

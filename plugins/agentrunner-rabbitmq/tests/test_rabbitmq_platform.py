@@ -1,0 +1,125 @@
+"""End to end: real platforms on the RabbitMQ bus, tasks sent through the HTTP API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import agentrunner_rabbitmq
+from rabbitmq_support import broker_environ
+
+import agentrunner
+from agentrunner.testing.platform import http_client, running_platform
+
+ECHO = """\
+name: echo-bot
+agent_type: assistant
+execution_mode: autonomous
+llm_config: {temperature: 0.5}
+system_prompt: Repeat after me.
+"""
+
+TICKETS = """\
+name: ticket-bot
+agent_type: assistant
+execution_mode: autonomous
+llm_config: {temperature: 0.5}
+system_prompt: Handle tickets.
+event_subscriptions: ["customer.ticket.*"]
+"""
+
+PLUGINS = [(agentrunner_rabbitmq, "rabbitmq")]
+
+
+async def test_tasks_sent_over_http_complete_through_rabbitmq_and_are_stored(tmp_path, broker):
+    environ = broker_environ(broker.exchange)
+    async with running_platform(tmp_path, environ, files={"echo.yaml": ECHO, "tickets.yaml": TICKETS},
+                                plugins=PLUGINS) as platform:
+        broker.forget(*platform.bus.declared_queues)
+        assert platform.bus.name == "rabbitmq"
+        async with http_client(platform) as client:
+            responses = await asyncio.gather(*(
+                client.post("/agents/echo-bot/tasks", json={"input": f"hello {n}", "wait": 10}) for n in range(6)))
+            executions = [await response.json() for response in responses]
+            assert [response.status for response in responses] == [200] * 6
+            assert [(e["status"], e["result"]) for e in executions] == [("completed", f"hello {n}") for n in range(6)]
+
+            stored = await (await client.get(f"/executions/{executions[0]['execution_id']}")).json()
+            assert (stored["status"], stored["result"], stored["agent_name"]) == ("completed", "hello 0", "echo-bot")
+
+            response = await client.post("/events", json={"routing_key": "customer.ticket.created",
+                                                          "payload": {"ticket": 42}})
+            assert response.status in (200, 202)
+            ticket = await wait_for_execution(client, "ticket-bot")
+            assert ticket["status"] == "completed"
+            assert ticket["data"]["routing_key"] == "customer.ticket.created"
+
+            health = await (await client.get("/health")).json()
+            assert health["dependencies"]["bus"] == {"status": "ok", "backend": "rabbitmq"}
+        tasks = platform.bus.queue_name("agentrunner.tasks.autonomous")
+        assert tasks in platform.bus.declared_queues and tasks + ".dlq" in platform.bus.declared_queues
+        assert await platform.bus.queue_depth("agentrunner.tasks.autonomous") == 0
+        broker.forget(*platform.bus.declared_queues)
+
+
+class TaggedMode:
+    """An execution mode that says which process ran the task."""
+
+    name = "tagged"
+    uses_state = False
+
+    def __init__(self, process: str) -> None:
+        self.process = process
+
+    async def execute(self, ctx):
+        return f"{self.process}: {ctx.task.input}"
+
+
+class TaggedPlugin:
+    def __init__(self, process: str) -> None:
+        self.mode = TaggedMode(process)
+
+    @agentrunner.hookimpl
+    def register_execution_modes(self, register):
+        register(self.mode)
+
+
+TAGGED = """\
+name: tagged-bot
+agent_type: assistant
+execution_mode: tagged
+llm_config: {temperature: 0.5}
+system_prompt: Say who you are.
+"""
+
+
+async def test_tasks_submitted_to_one_process_run_in_both_and_wake_the_submitter(tmp_path, broker):
+    """Two processes on one exchange (and one database) compete for tasks; the one that submitted a task
+    waits for it and is woken through the bus's ``agent.execution.*`` events when the other ran it."""
+    environ = broker_environ(broker.exchange)
+    async with running_platform(tmp_path, environ, files={"tagged.yaml": TAGGED},
+                                plugins=[*PLUGINS, (TaggedPlugin("first"), "tagged")]) as first, \
+            running_platform(tmp_path, environ, plugins=[*PLUGINS, (TaggedPlugin("second"), "tagged")]) as second:
+        broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
+        async with http_client(first) as client:
+            started = time.monotonic()
+            responses = await asyncio.gather(*(
+                client.post("/agents/tagged-bot/tasks", json={"input": f"task {n}", "wait": 20}) for n in range(12)))
+            executions = [await response.json() for response in responses]
+        assert all(e["status"] == "completed" for e in executions)
+        assert sorted(e["result"].split(": ")[1] for e in executions) == sorted(f"task {n}" for n in range(12))
+        assert {e["result"].split(": ")[0] for e in executions} == {"first", "second"}
+        assert time.monotonic() - started < 10  # woken by events, not by the end of a 20 s wait
+        broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
+
+
+async def wait_for_execution(client, agent: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        page = await (await client.get(f"/executions?agent_name={agent}")).json()
+        finished = [e for e in page["executions"] if e["status"] not in ("queued", "running")]
+        if finished:
+            return finished[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no execution of {agent} finished in time: {page}")
+        await asyncio.sleep(0.05)
