@@ -184,7 +184,16 @@ class ExecutionMode(Protocol):
 
 
 class Gateway(Protocol):
-    """Receives outside traffic (Slack, …) and publishes it as events."""
+    """Receives outside traffic (Slack, …) and publishes it as events, registered with ``register_gateways``.
+
+    ``start(platform)`` runs when the SlackGateway service starts (port ``SLACK_GATEWAY_PORT``) and
+    ``stop()`` when it stops. Optional: ``routes(app)`` adds the gateway's routes to that service's
+    aiohttp application, and ``public_paths`` names those that authenticate by their own means (a
+    signature) instead of the API key. Outside traffic becomes events with
+    ``platform.orchestrator.publish_event(routing_key, payload, task_input=..., idempotency_key=...)``;
+    results come back as ``agent.execution.completed`` / ``failed`` events, and a question for a human
+    as ``agent.execution.awaiting_input`` (answer it with ``platform.orchestrator.provide_input``).
+    """
 
     name: ClassVar[str] | str
 

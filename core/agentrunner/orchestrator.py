@@ -43,7 +43,7 @@ log = logging.getLogger("agentrunner.orchestrator")
 
 #: An event chain deeper than this is dropped (DESIGN.md: the loop guard).
 MAX_CHAIN_DEPTH = 8
-EXECUTION_EVENTS = ("agent.execution.completed", "agent.execution.failed")
+EXECUTION_EVENTS = ("agent.execution.completed", "agent.execution.failed", "agent.execution.awaiting_input")
 #: How many finished executions each process remembers for wait() (bounded: memory stays flat).
 FINISHED_KEPT = 1024
 EVENTS_QUEUE = "agentrunner.events"
@@ -330,6 +330,11 @@ class ExecutionContext:
             await orchestrator.store.update_execution(execution_id, expect_status=("running",),
                                                       status="awaiting_input", details=self.details)
             orchestrator._wake(await orchestrator.store.get_execution(execution_id))
+            execution = self._execution
+            await orchestrator.bus.publish(  # a gateway shows the question where the task came from
+                "agent.execution.awaiting_input",
+                {"execution_id": execution_id, "agent_name": execution.agent_name, "question": question,
+                 "trace_id": execution.trace_id}, orchestrator.event_headers(execution))
             async with orchestrator.slot_released():
                 value = await answer
         finally:
@@ -532,9 +537,10 @@ class Orchestrator:
                 future.set_result(execution)
 
     async def _on_execution_event(self, event: Event) -> None:
-        """Wake local waiters of executions finished by another process."""
+        """Wake local waiters of executions finished (or waiting for a human) in another process."""
         execution_id = (event.payload or {}).get("execution_id")
-        self._submitted.discard(execution_id)  # finished, here or elsewhere
+        if event.routing_key != "agent.execution.awaiting_input":
+            self._submitted.discard(execution_id)  # finished, here or elsewhere
         if any(not future.done() for future in self._waiters.get(execution_id, ())):
             execution = await self.store.get_execution(execution_id)
             if execution is not None:
@@ -849,9 +855,21 @@ class Orchestrator:
             await self._events_subscription.unbind(pattern)
         self._event_patterns = {name: patterns for name, patterns in wanted.items() if patterns}
 
-    async def publish_event(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None) -> None:
-        """Publish an outside event (``POST /events``, a gateway) at the start of a chain."""
-        await self.bus.publish(routing_key, payload, dict(headers or {}, depth=0))
+    async def publish_event(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
+                            task_input: Any = None, idempotency_key: str | None = None) -> None:
+        """Publish an outside event (``POST /events``, a gateway) at the start of a chain.
+
+        The tasks it starts get the payload as their input, or ``task_input`` when given (a Slack
+        message's text, with the whole event in ``data.event``). With ``idempotency_key`` a delivery
+        repeated by the sender (same key) starts no second task for an agent, across restarts and
+        processes (the store's unique key decides).
+        """
+        extra: dict[str, Any] = {"depth": 0}
+        if task_input is not None:
+            extra["task_input"] = task_input
+        if idempotency_key is not None:
+            extra["idempotency_key"] = idempotency_key
+        await self.bus.publish(routing_key, payload, dict(headers or {}, **extra))
 
     async def _on_event(self, event: Event) -> None:
         """Turn an event into a task for every agent subscribed to it, with the loop guard."""
@@ -870,9 +888,11 @@ class Orchestrator:
             if agent_name == origin:
                 continue  # an agent is never triggered by an event its own execution caused
             data = {"routing_key": event.routing_key, "event": event.payload, "chain_depth": depth}
-            key = f"event:{event.message_id}" if event.message_id else None
+            given = event.headers.get("idempotency_key")
+            key = f"event:{given}" if given else f"event:{event.message_id}" if event.message_id else None
+            task_input = event.headers["task_input"] if "task_input" in event.headers else event.payload
             try:
-                await self.submit(agent_name, event.payload, data=data, idempotency_key=key,
+                await self.submit(agent_name, task_input, data=data, idempotency_key=key,
                                   parent_execution_id=event.headers.get("origin_execution"),
                                   trace_id=event.headers.get("trace_id"))
             except AgentNotFound:
