@@ -313,6 +313,31 @@ async def test_start_only_the_named_services(platform):
         await runner.close()
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def test_an_orchestrator_run_apart_reports_the_services_it_was_told_about(tmp_path):
+    state_port, config_port = _free_port(), _free_port()  # the ConfigurationService never starts
+    environ = {"STATE_MANAGER_HOST": "127.0.0.1", "STATE_MANAGER_PORT": str(state_port),
+               "CONFIG_SERVICE_HOST": "127.0.0.1", "CONFIG_SERVICE_PORT": str(config_port)}
+    async with running_platform(tmp_path, environ) as platform:
+        state = await start_services(platform, ["state"])  # "another process", on STATE_MANAGER_PORT
+        orchestrator = await start_services(platform, ["orchestrator"], ports={"orchestrator": 0})
+        try:
+            url = orchestrator.urls[0][1]
+            async with aiohttp.ClientSession() as session, session.get(f"{url}/health") as response:
+                body = await response.json()
+            assert response.status == 200 and body["status"] == "degraded"
+            assert body["services"]["StateManager"] == {"status": "ok", "url": f"http://127.0.0.1:{state_port}"}
+            assert body["services"]["ConfigurationService"]["status"] == "down"
+        finally:
+            await orchestrator.close()
+            await state.close()
+
+
 async def test_a_port_in_use_fails_and_leaves_nothing_listening(platform):
     with socket.socket() as taken, socket.socket() as probe:
         taken.bind(("127.0.0.1", 0))

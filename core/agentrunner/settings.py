@@ -435,8 +435,10 @@ class Settings:
     scheduler_service_port: int = _ports(_PORT, 8004, "SchedulerService API port")
     slack_gateway_port: int = _ports(_PORT, 8005, "SlackGateway API port")
     bind_host: str = _ports(_Str(), "127.0.0.1", "address every service listens on (0.0.0.0 for all interfaces)")
-    state_manager_host: str = _ports(_Str(), "localhost", "where other services reach the StateManager")
-    config_service_host: str = _ports(_Str(), "localhost", "where other services reach the ConfigurationService")
+    state_manager_host: str = _ports(_Str(), "localhost", "where the AgentOrchestrator's /health looks for the "
+                                                          "StateManager when it runs apart")
+    config_service_host: str = _ports(_Str(), "localhost", "where the AgentOrchestrator's /health looks for the "
+                                                           "ConfigurationService when it runs apart")
 
     # Backends (unset: chosen from the hosts below; see the state_backend property)
     _state_backend: str | None = _backends(
@@ -925,8 +927,6 @@ NO_EFFECT: dict[str, str] = {
     **_no_effect("always on: a task is acknowledged only after its result is stored",
                  "CELERY_TASK_ACKS_LATE"),
     **_no_effect("always on: the task of a worker that dies is delivered again", "CELERY_TASK_REJECT_ON_WORKER_LOST"),
-    **_no_effect("one process runs every service: they call each other directly",
-                 "STATE_MANAGER_HOST", "CONFIG_SERVICE_HOST"),
     **_no_effect("agent configurations are always held in memory and reloaded on change",
                  "CONFIG_CACHE_ENABLED"),
     **_no_effect("agent files are always validated: loading one is structuring it, which is the validation",

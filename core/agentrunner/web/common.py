@@ -163,10 +163,38 @@ async def read_json(request: web.Request, fields: Mapping[str, str], required: t
 
 
 async def health(request: web.Request) -> web.Response:
-    """``GET /health``: each dependency's status; 503 when the store or the bus is down."""
-    report = await request.app[PLATFORM].health()
+    """``GET /health``: each dependency's status; 503 when the store or the bus is down.
+
+    The AgentOrchestrator also reports the StateManager and the ConfigurationService when they run in
+    other processes (``serve --service``), at ``STATE_MANAGER_HOST`` / ``CONFIG_SERVICE_HOST`` and their
+    ports: one that does not answer makes it ``degraded`` (it still runs tasks: every service reads
+    the store itself).
+    """
+    platform = request.app[PLATFORM]
+    report = await platform.health()
     report["service"] = request.app[SERVICE]
+    peers = getattr(platform, "peer_services", {}) if request.app[SERVICE] == "AgentOrchestrator" else {}
+    if peers:
+        report["services"] = {name: await _peer_health(url) for name, url in sorted(peers.items())}
+        if report["status"] == "ok" and any(peer["status"] != "ok" for peer in report["services"].values()):
+            report["status"] = "degraded"
     return web.json_response(report, status=503 if report["status"] == "down" else 200)
+
+
+#: seconds a peer service gets to answer its /health
+PEER_TIMEOUT = 2.0
+
+
+async def _peer_health(url: str) -> dict[str, Any]:
+    import aiohttp
+
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PEER_TIMEOUT)) as session:
+            async with session.get(f"{url}/health") as response:
+                status = "ok" if response.status == 200 else "down"
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return {"status": "down", "url": url, "error": type(exc).__name__}
+    return {"status": status, "url": url}
 
 
 # --- Keeping secrets out of responses ------------------------------------------

@@ -20,6 +20,10 @@ SERVICES: dict[str, tuple[str, str, Callable[[Any], web.Application]]] = {
 }
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 @attrs.define
 class ServiceRunner:
     """The running services: where each listens, and how to stop them."""
@@ -40,6 +44,13 @@ async def start_services(platform: Any, names: Iterable[str] | None = None, *,
     """
     settings = platform.settings
     host = settings.bind_host
+    running = list(names or SERVICES)
+    # services run elsewhere (serve --service): where this process's /health looks for them
+    platform.peer_services = {
+        human: f"http://{_url_host(getattr(settings, host_attribute))}:{getattr(settings, port_attribute)}"
+        for name, (human, port_attribute, _factory), host_attribute in (
+            ("state", SERVICES["state"], "state_manager_host"), ("config", SERVICES["config"], "config_service_host"))
+        if name not in running and "orchestrator" in running}
     runners, urls = [], []
     try:
         for name in names or SERVICES:
