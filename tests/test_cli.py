@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -210,6 +211,8 @@ def test_serve_prints_where_it_listens_and_drains_on_sigterm(workdir):
             line = process.stdout.readline()
             if not line:
                 break
+            if re.match(r"\d{4}-\d\d-\d\d \d\d:", line):
+                continue  # a log line (LOG_OUTPUT=stdout), not the banner
             lines.append(line.rstrip("\n"))
             if line.startswith("storage:"):
                 break

@@ -67,10 +67,12 @@ def _platform(obj: _Context, config_dir: str | None, slots: int | None = None):
 
 
 def _setup_logging(settings) -> None:
-    import logging
+    """LOG_FORMAT, LOG_OUTPUT and the levels; every configured secret redacted from every line."""
+    from agentrunner.logs import configure_logging
+    from agentrunner.web.common import Redactor
 
-    logging.basicConfig(level=getattr(logging, settings.log_level, logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    redactor = Redactor.from_settings(settings)
+    configure_logging(settings, redactor)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -220,28 +222,32 @@ async def _serve(platform, services: list[str] | None) -> None:
     import asyncio
     import signal
 
+    from agentrunner.logs import announce
     from agentrunner.web.server import start_services
 
-    consume = services is None or "orchestrator" in services
-    await platform.start(consume=consume)
-    runner = await start_services(platform, services)
-    agents = sorted(platform.config.agents)
-    click.echo(f"agentrunner {__version__}: {len(agents)} agents loaded: {', '.join(agents) or '-'}")
-    for problem in platform.config.errors:
-        click.echo(f"✗ {problem}")
-    for name, url in runner.urls:
-        click.echo(f"{name} listening on {url}")
-    click.echo(f"storage: {platform.store.name}, event bus: {platform.bus.name}, cache: {platform.cache.name}")
+    # SIGTERM drains from the first moment on, even before the banner says where the services listen
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    consume = services is None or "orchestrator" in services
+    await platform.start(consume=consume, schedule=services is None or "scheduler" in services)
+    runner = await start_services(platform, services)
+    settings = platform.settings
+    agents = sorted(platform.config.agents)
+    announce(f"agentrunner {__version__}: {len(agents)} agents loaded: {', '.join(agents) or '-'}", settings)
+    for problem in platform.config.errors:
+        announce(f"✗ {problem}", settings)
+    for name, url in runner.urls:
+        announce(f"{name} listening on {url}", settings)
+    announce(f"storage: {platform.store.name}, event bus: {platform.bus.name}, cache: {platform.cache.name}",
+             settings)
     await stop.wait()
-    grace = platform.settings.shutdown_grace_period
-    click.echo(f"stopping: no new tasks; waiting up to {grace:g} s for running executions")
+    grace = settings.shutdown_grace_period
+    announce(f"stopping: no new tasks; waiting up to {grace:g} s for running executions", settings)
     await platform.stop(grace)
     await runner.close()
-    click.echo("stopped")
+    announce("stopped", settings)
 
 
 @cli.command()

@@ -22,6 +22,7 @@ from typing import Any
 
 import attrs
 
+from agentrunner import logs
 from agentrunner.interfaces import (
     BusUnavailable,
     CompletionRequest,
@@ -660,6 +661,17 @@ class Orchestrator:
         snapshot = json.dumps(state, sort_keys=True, default=str) if uses_state else None
         ctx = ExecutionContext(self, agent, execution, state)
         soft, hard = self._time_limits(agent)
+        # every log line of this execution — ours, a provider's, a tool's — carries its ids
+        token = logs.EXECUTION.set(ctx._log_extra())
+        try:
+            await self._run_and_record(agent, execution, mode, ctx, soft, hard, uses_state, stored_state, state,
+                                       snapshot)
+        finally:
+            logs.EXECUTION.reset(token)
+
+    async def _run_and_record(self, agent: Any, execution: Execution, mode: Any, ctx: ExecutionContext,
+                              soft: float, hard: float, uses_state: bool, stored_state: Any, state: dict,
+                              snapshot: str | None) -> None:
         try:
             result = await self._execute_with_limits(mode, ctx, soft, hard)
             if uses_state and json.dumps(state, sort_keys=True, default=str) != snapshot:

@@ -15,6 +15,7 @@ from typing import Any
 from agentrunner.config_service import ConfigurationService
 from agentrunner.orchestrator import Orchestrator
 from agentrunner.plugins import Registry, make_plugin_manager
+from agentrunner.scheduler import Scheduler
 from agentrunner.state_manager import StateManager
 
 log = logging.getLogger("agentrunner.runtime")
@@ -73,14 +74,17 @@ class Platform:
         self.state = StateManager(self.store, self.cache, settings)
         self.orchestrator = Orchestrator(settings=settings, registry=self.registry, config=self.config,
                                          store=self.store, bus=self.bus, state=self.state, slots=slots)
+        self.scheduler = Scheduler(settings=settings, config=self.config, store=self.store,
+                                   orchestrator=self.orchestrator)
         configure_components(self.registry, settings)
         self.started = False
 
-    async def start(self, *, consume: bool = True, watch: bool | None = None, recover: bool = True) -> None:
+    async def start(self, *, consume: bool = True, watch: bool | None = None, recover: bool = True,
+                    schedule: bool = False) -> None:
         """Load the agents, open the backends, start consuming tasks, then call ``startup`` hooks.
 
-        ``recover`` re-queues executions a previous process left unfinished. Starting a started
-        platform does nothing.
+        ``recover`` re-queues executions a previous process left unfinished; ``schedule`` starts
+        the scheduler (which fires the agents' schedules). Starting a started platform does nothing.
         """
         if self.started:
             return
@@ -95,6 +99,8 @@ class Platform:
         await self.cache.start()
         self.config.subscribe(self.orchestrator.on_config_change)
         await self.orchestrator.start(consume=consume, recover=recover)
+        if schedule:
+            await self.scheduler.start()
         if watch if watch is not None else self.settings.config_hot_reload:
             await self.config.start()
         await self._call_hook("startup")
@@ -105,6 +111,7 @@ class Platform:
         if not self.started:
             return
         self.started = False
+        await self.scheduler.stop()
         await self.config.stop()
         await self.orchestrator.stop(grace)
         await self._call_hook("shutdown")

@@ -935,12 +935,7 @@ NO_EFFECT: dict[str, str] = {
     **_no_effect(_HTTP, "TLS_ENABLED", "TLS_CERT_PATH", "TLS_KEY_PATH", "TLS_CA_PATH", "TLS_MIN_VERSION",
                  "TLS_CIPHERS", "CORS_ENABLED", "CORS_ORIGINS", "CORS_METHODS", "CORS_HEADERS",
                  "RATE_LIMIT_ENABLED", "RATE_LIMIT_PER_MINUTE", "RATE_LIMIT_BURST"),
-    **_no_effect("the scheduler is not available yet", "SCHEDULER_MISFIRE_GRACE"),
     **_no_effect("the metrics endpoint is not available yet", "PROMETHEUS_ENABLED", "METRICS_PORT"),
-    **_no_effect("log levels per component, log files and JSON logs are not available yet",
-                 "STATE_MANAGER_LOG_LEVEL", "CONFIG_SERVICE_LOG_LEVEL", "ORCHESTRATOR_LOG_LEVEL",
-                 "SCHEDULER_LOG_LEVEL", "SLACK_GATEWAY_LOG_LEVEL", "LOG_FORMAT", "LOG_OUTPUT", "LOG_FILE_PATH",
-                 "LOG_MAX_SIZE", "LOG_BACKUP_COUNT", "LOG_ROTATION"),
     **_no_effect("the orchestrator does not read it yet", "TASK_ROUTING_STRATEGY",
                  "AGENT_REGISTRATION_TIMEOUT", "AGENT_HEALTH_CHECK_INTERVAL", "AGENT_UNRESPONSIVE_THRESHOLD"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they
