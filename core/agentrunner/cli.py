@@ -209,6 +209,7 @@ def serve(obj: _Context, config_dir: str | None, services: tuple[str, ...]) -> N
     import asyncio
 
     from agentrunner.interfaces import BusUnavailable, StoreUnavailable
+    from agentrunner.runtime import PlatformError
 
     platform = _platform(obj, config_dir)
     _setup_logging(platform.settings)
@@ -216,6 +217,10 @@ def serve(obj: _Context, config_dir: str | None, services: tuple[str, ...]) -> N
         asyncio.run(_serve(platform, list(services) or None))
     except (StoreUnavailable, BusUnavailable, ConnectionError) as exc:  # a backend down at start
         _fail_lines([f"✗ cannot start: {exc}", "  (`agentrunner validate --connections` checks every backend)"])
+    except PlatformError as exc:  # e.g. a TLS certificate that cannot be loaded
+        _fail_lines([f"✗ cannot start: {exc}"])
+    except OSError as exc:  # e.g. a port in use
+        _fail_lines([f"✗ cannot start: {exc}"])
 
 
 async def _serve(platform, services: list[str] | None) -> None:

@@ -906,7 +906,6 @@ def _no_effect(reason: str, *names: str) -> dict[str, str]:
     return dict.fromkeys(names, reason)
 
 
-_HTTP = "TLS, CORS and rate limiting of the HTTP services are not available yet"
 
 
 def _plugin(distribution: str) -> str:
@@ -932,9 +931,6 @@ NO_EFFECT: dict[str, str] = {
     **_no_effect("agent files are always validated: loading one is structuring it, which is the validation",
                  "CONFIG_VALIDATE_ON_LOAD"),
     # Read by parts of the platform that are not written yet.
-    **_no_effect(_HTTP, "TLS_ENABLED", "TLS_CERT_PATH", "TLS_KEY_PATH", "TLS_CA_PATH", "TLS_MIN_VERSION",
-                 "TLS_CIPHERS", "CORS_ENABLED", "CORS_ORIGINS", "CORS_METHODS", "CORS_HEADERS",
-                 "RATE_LIMIT_ENABLED", "RATE_LIMIT_PER_MINUTE", "RATE_LIMIT_BURST"),
     **_no_effect("the metrics endpoint is not available yet", "PROMETHEUS_ENABLED", "METRICS_PORT"),
     **_no_effect("the orchestrator does not read it yet", "TASK_ROUTING_STRATEGY",
                  "AGENT_REGISTRATION_TIMEOUT", "AGENT_HEALTH_CHECK_INTERVAL", "AGENT_UNRESPONSIVE_THRESHOLD"),

@@ -47,7 +47,7 @@ async def http_client(platform: Platform, service: str = "orchestrator") -> Asyn
     """An aiohttp test client of one of the platform's services (``orchestrator``, ``state``, ``config``…)."""
     from aiohttp.test_utils import TestClient, TestServer
 
-    from agentrunner.web.server import SERVICES
+    from agentrunner.web.server import build_app
 
-    async with TestClient(TestServer(SERVICES[service][2](platform))) as client:
+    async with TestClient(TestServer(build_app(platform, service))) as client:
         yield client

@@ -250,7 +250,11 @@ def _attributes(settings: Any) -> list[Any]:
 
 def make_app(platform: Any, service: str) -> web.Application:
     """An application with the shared middlewares and ``GET /health``."""
+    from agentrunner.web.security import rate_limit_middleware
+
     middlewares = [error_middleware]
+    if platform.settings.rate_limit_enabled:  # before auth: floods of bad keys are limited too
+        middlewares.append(rate_limit_middleware(platform.settings))
     if platform.settings.api_auth_enabled:
         middlewares.append(auth_middleware(platform.settings))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)

@@ -9,6 +9,7 @@ import attrs
 from aiohttp import web
 
 from agentrunner.web import config, gateway, orchestrator, scheduler, state
+from agentrunner.web.security import add_cors, tls_context
 
 #: service name → (human name, settings attribute of its port, application factory)
 SERVICES: dict[str, tuple[str, str, Callable[[Any], web.Application]]] = {
@@ -18,6 +19,14 @@ SERVICES: dict[str, tuple[str, str, Callable[[Any], web.Application]]] = {
     "scheduler": ("SchedulerService", "scheduler_service_port", scheduler.create_app),
     "gateway": ("SlackGateway", "slack_gateway_port", gateway.create_app),
 }
+
+
+def build_app(platform: Any, name: str) -> web.Application:
+    """The application of one service, with CORS when ``CORS_ENABLED``."""
+    app = SERVICES[name][2](platform)
+    if platform.settings.cors_enabled:
+        add_cors(app, platform.settings)
+    return app
 
 
 def _url_host(host: str) -> str:
@@ -54,16 +63,18 @@ async def start_services(platform: Any, names: Iterable[str] | None = None, *,
     runners, urls = [], []
     try:
         for name in names or SERVICES:
-            human, port_attribute, factory = SERVICES[name]
-            runner = web.AppRunner(factory(platform), access_log=None, handle_signals=False)
+            human, port_attribute, _factory = SERVICES[name]
+            runner = web.AppRunner(build_app(platform, name), access_log=None, handle_signals=False)
             await runner.setup()
             runners.append(runner)
             port = (ports or {}).get(name, getattr(settings, port_attribute))
-            site = web.TCPSite(runner, host, port, reuse_address=True)
+            # the Slack webhook is protected by Slack's signature: no client certificate asked there
+            context = tls_context(settings, client_certificates=name != "gateway")
+            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
             await site.start()
             bound = runner.addresses[-1][1] if runner.addresses else port
             shown = f"[{host}]" if ":" in host else host
-            urls.append((human, f"http://{shown}:{bound}"))
+            urls.append((human, f"{'https' if context else 'http'}://{shown}:{bound}"))
     except BaseException:
         for runner in runners:
             await runner.cleanup()
