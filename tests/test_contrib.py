@@ -70,3 +70,21 @@ def test_the_image_installs_plugins_that_exist():
     plugins = Path(__file__).resolve().parents[1] / "plugins"
     named = {word.rsplit("/", 1)[-1] for word in dockerfile.split() if "/src/plugins/" in word}
     assert named and all((plugins / name).is_dir() for name in named)
+
+
+def test_the_dashboard_charts_metrics_that_exist():
+    import json
+    import re
+
+    from agentrunner.metrics import Metrics
+
+    exported = {metric.name for metric in Metrics().registry.collect()}
+    dashboard = json.loads((CONTRIB / "monitoring" / "grafana-dashboard.json").read_text())
+    used = {name for panel in dashboard["panels"] for target in panel["targets"]
+            for name in re.findall(r"agentrunner_\w+", target["expr"])}
+    assert used
+    for name in used:
+        base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+        assert base in exported, f"the dashboard uses {name}, which agentrunner does not export"
+    scrape = yaml.safe_load((CONTRIB / "monitoring" / "prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["metrics_path"] == "/metrics"

@@ -36,6 +36,7 @@ from agentrunner.interfaces import (
     ToolError,
     Usage,
 )
+from agentrunner.metrics import Metrics
 from agentrunner.records import DeadLetter, Execution, new_id, utcnow
 from agentrunner.streams import ExecutionStream, StreamHub
 from agentrunner.topics import TopicTrie
@@ -262,6 +263,7 @@ class ExecutionContext:
             except Exception as exc:  # a broken tool must not end the execution: the model hears about it
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        self._orchestrator.metrics.tool_calls.labels(call.name, "error" if error else "ok").inc()
         self.details.setdefault("tool_calls", []).append({
             "name": call.name, "arguments": call.arguments, "duration_ms": duration_ms,
             "result_chars": len(content), "error": error})
@@ -302,6 +304,10 @@ class ExecutionContext:
                     stream.push("retry", {"attempt": attempt + 1, "error": str(exc)})
                 await asyncio.sleep(delay)
         self.usage = self.usage + response.usage
+        tokens = orchestrator.metrics.tokens
+        model = response.model or llm_config.model
+        tokens.labels(llm_config.provider, model, "input").inc(response.usage.input_tokens)
+        tokens.labels(llm_config.provider, model, "output").inc(response.usage.output_tokens)
         self.model = response.model or self.model
         return response
 
@@ -364,6 +370,7 @@ class Orchestrator:
         self.bus = bus
         self.state = state  # the StateManager
         self.slots = slots or max(1, settings.worker_processes * settings.worker_threads_per_process)
+        self.metrics = Metrics()
         self._slots = asyncio.Semaphore(self.slots)
         self.streams = StreamHub()
         self._waiters: dict[str, list[asyncio.Future]] = {}
@@ -480,6 +487,7 @@ class Orchestrator:
             self.streams.open(execution.execution_id)
         stored, created = await self.store.create_execution(execution)
         if created:
+            self.metrics.tasks_submitted.labels(agent_name).inc()
             self._submitted.add(stored.execution_id)
             try:
                 await self._publish_task(agent, stored)
@@ -788,6 +796,10 @@ class Orchestrator:
             await self.store.add_dead_letter(dead_letter)
         for key, value in fields.items():
             setattr(execution, key, value)
+        self.metrics.executions.labels(execution.agent_name, status).inc()
+        if execution.started_at is not None:
+            self.metrics.duration.labels(execution.agent_name).observe(
+                (fields["completed_at"] - execution.started_at).total_seconds())
         self._wake(execution)
         routing_key = "agent.execution.completed" if status == "completed" else "agent.execution.failed"
         payload = {"execution_id": execution.execution_id, "agent_name": execution.agent_name, "status": status,

@@ -74,6 +74,7 @@ class Platform:
         self.state = StateManager(self.store, self.cache, settings)
         self.orchestrator = Orchestrator(settings=settings, registry=self.registry, config=self.config,
                                          store=self.store, bus=self.bus, state=self.state, slots=slots)
+        self.metrics = self.orchestrator.metrics
         self.scheduler = Scheduler(settings=settings, config=self.config, store=self.store,
                                    orchestrator=self.orchestrator)
         configure_components(self.registry, settings)

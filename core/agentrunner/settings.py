@@ -931,7 +931,6 @@ NO_EFFECT: dict[str, str] = {
     **_no_effect("agent files are always validated: loading one is structuring it, which is the validation",
                  "CONFIG_VALIDATE_ON_LOAD"),
     # Read by parts of the platform that are not written yet.
-    **_no_effect("the metrics endpoint is not available yet", "PROMETHEUS_ENABLED", "METRICS_PORT"),
     **_no_effect("the orchestrator does not read it yet", "TASK_ROUTING_STRATEGY",
                  "AGENT_REGISTRATION_TIMEOUT", "AGENT_HEALTH_CHECK_INTERVAL", "AGENT_UNRESPONSIVE_THRESHOLD"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they

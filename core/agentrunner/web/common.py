@@ -45,6 +45,23 @@ _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405:
 
 
 @web.middleware
+async def metrics_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    """Counts every answer by service and status (the outermost middleware: errors are counted too)."""
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics = getattr(request.app[PLATFORM], "metrics", None)
+        if metrics is not None:
+            metrics.http_requests.labels(request.app[SERVICE], str(status)).inc()
+
+
+@web.middleware
 async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
     """Every failure becomes a JSON error; an unexpected one is logged, never shown."""
     try:
@@ -252,7 +269,7 @@ def make_app(platform: Any, service: str) -> web.Application:
     """An application with the shared middlewares and ``GET /health``."""
     from agentrunner.web.security import rate_limit_middleware
 
-    middlewares = [error_middleware]
+    middlewares = [metrics_middleware, error_middleware]
     if platform.settings.rate_limit_enabled:  # before auth: floods of bad keys are limited too
         middlewares.append(rate_limit_middleware(platform.settings))
     if platform.settings.api_auth_enabled:

@@ -75,6 +75,19 @@ async def start_services(platform: Any, names: Iterable[str] | None = None, *,
             bound = runner.addresses[-1][1] if runner.addresses else port
             shown = f"[{host}]" if ":" in host else host
             urls.append((human, f"{'https' if context else 'http'}://{shown}:{bound}"))
+        if settings.prometheus_enabled:
+            from agentrunner import metrics
+
+            runner = web.AppRunner(metrics.create_app(platform), access_log=None, handle_signals=False)
+            await runner.setup()
+            runners.append(runner)
+            port = (ports or {}).get("metrics", settings.metrics_port)
+            context = tls_context(settings, client_certificates=False)
+            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
+            await site.start()
+            bound = runner.addresses[-1][1] if runner.addresses else port
+            shown = f"[{host}]" if ":" in host else host
+            urls.append(("Metrics", f"{'https' if context else 'http'}://{shown}:{bound}/metrics"))
     except BaseException:
         for runner in runners:
             await runner.cleanup()
