@@ -214,3 +214,22 @@ async def test_the_echo_provider_shows_the_loop_with_the_example_tool_agent(tmp_
             assert execution["details"]["tool_calls"][0]["arguments"] == {"text": "one two three"}
             response = await client.post("/agents/tool-agent/tasks", json={"input": "/call nothing {}", "wait": 10})
             assert (await response.json())["result"] == "/call nothing {}"  # not a tool it has: plain echo
+
+
+@pytest.mark.parametrize("platform", [{"EXECUTION_MAX_TOOL_CALLS": "3"}], indirect=True)
+async def test_a_tool_call_budget_stops_a_runaway_execution(platform, plugin):
+    plugin.model.script = lambda request, turn: ask(("add", {"a": turn}), ("add", {"a": -turn}))
+    execution = await run(platform)
+    assert execution["status"] == "failed" and execution["attempts"] == 1
+    assert execution["error_message"] == ("BudgetExceeded: the model asked for 2 more tool call(s) after 2, beyond "
+                                          "the execution's budget of 3 (EXECUTION_MAX_TOOL_CALLS)")
+    assert len(execution["details"]["tool_calls"]) == 2  # the turn that would overspend never ran
+
+
+@pytest.mark.parametrize("platform", [{"EXECUTION_MAX_TOKENS": "50"}], indirect=True)
+async def test_a_token_budget_stops_a_runaway_execution(platform, plugin):
+    plugin.model.script = lambda request, turn: ask(("add", {"a": turn}))  # 11 tokens a turn
+    execution = await run(platform)
+    assert execution["status"] == "failed"
+    assert "more than its budget of 50 (EXECUTION_MAX_TOKENS)" in execution["error_message"]
+    assert len(plugin.model.requests) == 5  # 55 tokens after the fifth call

@@ -77,6 +77,13 @@ class ToolLoopError(Exception):
     retryable = False
 
 
+class BudgetExceeded(Exception):
+    """An execution spent its token or tool-call budget (EXECUTION_MAX_TOKENS, EXECUTION_MAX_TOOL_CALLS). Not
+    retried: a runaway agent stops itself."""
+
+    retryable = False
+
+
 class ToolOpenError(Exception):
     """A tool entry could not be made ready (e.g. its MCP server is down); the task may be retried."""
 
@@ -219,6 +226,11 @@ class ExecutionContext:
                     raise ToolLoopError(
                         f"the model called tool {call.name!r} with the same arguments {repeat_limit + 1} times in "
                         f"a row; stopped (AGENT_TOOL_REPEAT_LIMIT={repeat_limit})")
+            budget = settings.execution_max_tool_calls
+            made = len(self.details.get("tool_calls", ()))
+            if budget and made + len(response.tool_calls) > budget:  # none of this turn's calls runs
+                raise BudgetExceeded(f"the model asked for {len(response.tool_calls)} more tool call(s) after {made}, "
+                                     f"beyond the execution's budget of {budget} (EXECUTION_MAX_TOOL_CALLS)")
             conversation.append(Message("assistant", response.text, tool_calls=response.tool_calls))
             conversation.extend(await asyncio.gather(*(self._call_tool(tools, call) for call in response.tool_calls)))
         raise ToolLoopError(f"the model was still asking for tools after {max_steps} turns; stopped "
@@ -304,6 +316,10 @@ class ExecutionContext:
                     stream.push("retry", {"attempt": attempt + 1, "error": str(exc)})
                 await asyncio.sleep(delay)
         self.usage = self.usage + response.usage
+        budget = orchestrator.settings.execution_max_tokens
+        if budget and self.usage.input_tokens + self.usage.output_tokens > budget:
+            raise BudgetExceeded(f"the execution used {self.usage.input_tokens + self.usage.output_tokens} LLM "
+                                 f"tokens, more than its budget of {budget} (EXECUTION_MAX_TOKENS)")
         tokens = orchestrator.metrics.tokens
         model = response.model or llm_config.model
         tokens.labels(llm_config.provider, model, "input").inc(response.usage.input_tokens)

@@ -574,6 +574,9 @@ class Settings:
     agent_tool_repeat_limit: int = _orch(_POSITIVE, 3, "the same tool with identical arguments this many times "
                                                        "in a row fails the execution")
     tool_max_response_bytes: int = _orch(_Size(1), 1024**2, "largest answer an api or mcp tool may give (such as 1mb)")
+    execution_max_tokens: int = _orch(_COUNT, 0, "LLM tokens (input + output) one execution may use; more fail "
+                                                "it (0: no limit)")
+    execution_max_tool_calls: int = _orch(_COUNT, 0, "tool calls one execution may make; more fail it (0: no limit)")
 
     # SchedulerService and the reference's Celery settings
     scheduler_log_level: str = _sched(_LOG_LEVEL, "INFO", "SchedulerService log level (unset: LOG_LEVEL)")
