@@ -627,3 +627,21 @@ def test_the_env_files_set_only_known_variables():
     for path in (REPO / "config" / "env").glob(".env.*"):
         names = re.findall(r"^([A-Z][A-Z0-9_]*)=", path.read_text(), flags=re.MULTILINE)
         assert set(names) <= set(VARIABLES), path
+
+
+def test_production_warns_about_weak_database_passwords_and_backends_without_tls():
+    base = {"ENVIRONMENT": "production", "API_AUTH_ENABLED": "true", "API_KEY": "p" * 40}
+    weak = load({**base, "POSTGRES_HOST": "db", "POSTGRES_PASSWORD": "short-pass", "REDIS_HOST": "cache",
+                 "RABBITMQ_HOST": "mq", "RABBITMQ_USER": "agent", "RABBITMQ_PASSWORD": "a-long-enough-pass"})
+    assert weak.production_problems() == []  # allowed ...
+    assert weak.production_warnings() == [  # ... but said
+        "the PostgreSQL password is shorter than 16 characters",
+        "PostgreSQL without required TLS (POSTGRES_SSL_MODE=prefer; use require or verify-full)",
+        "Redis without TLS (REDIS_SSL=false)",
+        "RabbitMQ without TLS (RABBITMQ_SSL=false / an amqp:// URL)",
+        "the HTTP services without TLS (TLS_ENABLED=false): put a TLS proxy in front"]
+    strong = load({**base, "POSTGRES_HOST": "db", "POSTGRES_PASSWORD": "x" * 20, "POSTGRES_SSL_MODE": "verify-full",
+                   "REDIS_HOST": "cache", "REDIS_SSL": "true", "RABBITMQ_HOST": "mq", "RABBITMQ_USER": "agent",
+                   "RABBITMQ_PASSWORD": "y" * 20, "RABBITMQ_SSL": "true", "TLS_ENABLED": "true"})
+    assert strong.production_warnings() == []
+    assert load({"POSTGRES_HOST": "db", "POSTGRES_PASSWORD": "short"}).production_warnings() == []  # not production

@@ -155,6 +155,7 @@ def validate(obj: _Context, config_dir: str | None, connections: bool) -> None:
         warnings = [str(problem) for problem in result.warnings]
     errors += [f"environment: {problem}" for problem in settings.production_problems()]
     notes += [f"environment: {note}" for note in settings.no_effect_set()]
+    warnings += [f"environment: {warning}" for warning in settings.production_warnings()]
 
     click.echo(f"✓ Loaded {len(agents)} valid agent configurations")
     if connections:
@@ -225,6 +226,7 @@ def serve(obj: _Context, config_dir: str | None, services: tuple[str, ...]) -> N
 
 async def _serve(platform, services: list[str] | None) -> None:
     import asyncio
+    import logging
     import signal
 
     from agentrunner.logs import announce
@@ -239,6 +241,8 @@ async def _serve(platform, services: list[str] | None) -> None:
     await platform.start(consume=consume, schedule=services is None or "scheduler" in services)
     runner = await start_services(platform, services)
     settings = platform.settings
+    for warning in settings.production_warnings():
+        logging.getLogger("agentrunner").warning("production: %s", warning)
     agents = sorted(platform.config.agents)
     announce(f"agentrunner {__version__}: {len(agents)} agents loaded: {', '.join(agents) or '-'}", settings)
     for problem in platform.config.errors:

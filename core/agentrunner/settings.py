@@ -776,6 +776,29 @@ class Settings:
             problems.append("SLACK_VERIFY_SIGNATURE must be true when ENVIRONMENT=production")
         return problems
 
+    def production_warnings(self) -> list[str]:
+        """What is allowed but unwise with ENVIRONMENT=production (``validate`` and ``serve`` say it)."""
+        if self.environment != "production":
+            return []
+        warnings = []
+        password = (_url_password(self.database_url) if self.database_url else
+                    self.postgres_password.get_secret_value() if self.postgres_password else None)
+        if self.state_backend == "postgres" and password is not None and len(password) < 16:
+            warnings.append("the PostgreSQL password is shorter than 16 characters")
+        if self.state_backend == "postgres" and self.postgres_ssl_mode in ("disable", "allow", "prefer") and \
+                not (self.database_url and "sslmode=" in self.database_url.get_secret_value()):
+            warnings.append(f"PostgreSQL without required TLS (POSTGRES_SSL_MODE={self.postgres_ssl_mode}; "
+                            "use require or verify-full)")
+        if self.cache_backend == "redis" and not self.redis_ssl:
+            warnings.append("Redis without TLS (REDIS_SSL=false)")
+        if self.event_bus_backend == "rabbitmq":
+            url = self.amqp_url.get_secret_value() if self.amqp_url else ""
+            if not url.startswith("amqps://"):
+                warnings.append("RabbitMQ without TLS (RABBITMQ_SSL=false / an amqp:// URL)")
+        if not self.tls_enabled:
+            warnings.append("the HTTP services without TLS (TLS_ENABLED=false): put a TLS proxy in front")
+        return warnings
+
     def no_effect_set(self) -> list[str]:
         """One line per variable that was set but does nothing, saying why (for ``agentrunner validate``).
 
