@@ -37,6 +37,34 @@ class Metrics:
                                  registry=r)
         self.dlq_size = Gauge("agentrunner_dlq_size", "Dead-lettered executions", registry=r)
 
+        # labelled children by their labels: prometheus_client's labels() takes a lock on every call
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def task_submitted(self, agent: str) -> None:
+        self._child(self.tasks_submitted, agent).inc()
+
+    def execution_ended(self, agent: str, status: str, seconds: float | None) -> None:
+        self._child(self.executions, agent, status).inc()
+        if seconds is not None:
+            self._child(self.duration, agent).observe(seconds)
+
+    def tokens_used(self, provider: str, model: str, input_tokens: int, output_tokens: int) -> None:
+        self._child(self.tokens, provider, model, "input").inc(input_tokens)
+        self._child(self.tokens, provider, model, "output").inc(output_tokens)
+
+    def tool_called(self, tool: str, ok: bool) -> None:
+        self._child(self.tool_calls, tool, "ok" if ok else "error").inc()
+
+    def http_request(self, service: str, status: int) -> None:
+        self._child(self.http_requests, service, str(status)).inc()
+
     async def refresh(self, platform: Any) -> None:
         """Read what is measured at scrape time: queue depths and the dead-letter count."""
         for mode in sorted(platform.registry.execution_modes):

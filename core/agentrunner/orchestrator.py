@@ -275,7 +275,7 @@ class ExecutionContext:
             except Exception as exc:  # a broken tool must not end the execution: the model hears about it
                 error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        self._orchestrator.metrics.tool_calls.labels(call.name, "error" if error else "ok").inc()
+        self._orchestrator.metrics.tool_called(call.name, error is None)
         self.details.setdefault("tool_calls", []).append({
             "name": call.name, "arguments": call.arguments, "duration_ms": duration_ms,
             "result_chars": len(content), "error": error})
@@ -320,10 +320,8 @@ class ExecutionContext:
         if budget and self.usage.input_tokens + self.usage.output_tokens > budget:
             raise BudgetExceeded(f"the execution used {self.usage.input_tokens + self.usage.output_tokens} LLM "
                                  f"tokens, more than its budget of {budget} (EXECUTION_MAX_TOKENS)")
-        tokens = orchestrator.metrics.tokens
-        model = response.model or llm_config.model
-        tokens.labels(llm_config.provider, model, "input").inc(response.usage.input_tokens)
-        tokens.labels(llm_config.provider, model, "output").inc(response.usage.output_tokens)
+        orchestrator.metrics.tokens_used(llm_config.provider, response.model or llm_config.model,
+                                         response.usage.input_tokens, response.usage.output_tokens)
         self.model = response.model or self.model
         return response
 
@@ -503,7 +501,7 @@ class Orchestrator:
             self.streams.open(execution.execution_id)
         stored, created = await self.store.create_execution(execution)
         if created:
-            self.metrics.tasks_submitted.labels(agent_name).inc()
+            self.metrics.task_submitted(agent_name)
             self._submitted.add(stored.execution_id)
             try:
                 await self._publish_task(agent, stored)
@@ -812,10 +810,9 @@ class Orchestrator:
             await self.store.add_dead_letter(dead_letter)
         for key, value in fields.items():
             setattr(execution, key, value)
-        self.metrics.executions.labels(execution.agent_name, status).inc()
-        if execution.started_at is not None:
-            self.metrics.duration.labels(execution.agent_name).observe(
-                (fields["completed_at"] - execution.started_at).total_seconds())
+        started = execution.started_at
+        self.metrics.execution_ended(execution.agent_name, status,
+                                     (fields["completed_at"] - started).total_seconds() if started else None)
         self._wake(execution)
         routing_key = "agent.execution.completed" if status == "completed" else "agent.execution.failed"
         payload = {"execution_id": execution.execution_id, "agent_name": execution.agent_name, "status": status,

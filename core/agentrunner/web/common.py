@@ -58,7 +58,7 @@ async def metrics_middleware(request: web.Request, handler: Callable[[web.Reques
     finally:
         metrics = getattr(request.app[PLATFORM], "metrics", None)
         if metrics is not None:
-            metrics.http_requests.labels(request.app[SERVICE], str(status)).inc()
+            metrics.http_request(request.app[SERVICE], status)
 
 
 @web.middleware
