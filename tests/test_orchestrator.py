@@ -461,3 +461,26 @@ async def test_each_continuous_agent_has_an_ordered_queue_of_its_own(make_platfo
             break
         await asyncio.sleep(0.01)
     assert (await submit_and_wait(platform, "second", "hi")).result == "hi"
+
+
+async def test_agents_are_announced_when_they_load_and_change(make_platform, agents_dir):
+    (agents_dir / "first.yaml").write_text(agent_yaml("first"))
+    platform = await make_platform(CONFIG_HOT_RELOAD="true")
+    seen = []
+
+    async def record(event):
+        seen.append(event.payload)
+
+    await platform.bus.subscribe("test.registered", ["agent.registered"], record)
+    await platform.orchestrator._announce(platform.config.get("first"))  # as at start (before we listened)
+    (agents_dir / "second.yaml").write_text(agent_yaml("second", extra="""\
+        event_subscriptions: ["orders.*"]
+        """))
+    for _ in range(300):
+        if any(payload["agent_name"] == "second" for payload in seen):
+            break
+        await asyncio.sleep(0.01)
+    second = next(payload for payload in seen if payload["agent_name"] == "second")
+    assert second["execution_mode"] == "autonomous" and second["event_subscriptions"] == ["orders.*"]
+    assert second["process"] == platform.orchestrator.process_id
+    assert seen[0]["agent_name"] == "first"

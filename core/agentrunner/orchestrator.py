@@ -385,6 +385,7 @@ class Orchestrator:
         self.state = state  # the StateManager
         self.slots = slots or max(1, settings.worker_processes * settings.worker_threads_per_process)
         self.metrics = Metrics()
+        self.process_id = new_id()  # names this process in what it publishes about itself
         self._slots = asyncio.Semaphore(self.slots)
         self.streams = StreamHub()
         self._waiters: dict[str, list[asyncio.Future]] = {}
@@ -424,6 +425,8 @@ class Orchestrator:
             self._consuming = True
             await self.sync_ordered_queues()
             await self._restore_agents()
+            for name in sorted(self.config.agents):
+                await self._announce(self.config.agents[name])
             self._spawn(self._unload_idle_agents())
             self._events_subscription = await self.bus.subscribe(EVENTS_QUEUE, [], self._on_event,
                                                                  concurrency=self.slots)
@@ -936,6 +939,18 @@ class Orchestrator:
                 log.info("event %s: agent %s was removed", event.routing_key, agent_name)
 
     async def on_config_change(self, change: Any) -> None:
-        """ConfigurationService subscriber: keep event bindings and ordered queues in step with the agents."""
+        """ConfigurationService subscriber: keep event bindings and ordered queues in step with the agents,
+        and announce the agents added or changed (``agent.registered``)."""
         await self.sync_event_subscriptions()
         await self.sync_ordered_queues()
+        for agent in [*change.added.values(), *change.updated.values()]:
+            await self._announce(agent)
+
+    async def _announce(self, agent: Any) -> None:
+        """Publish ``agent.registered`` for an agent this process now runs (at start, added, changed)."""
+        try:
+            await self.bus.publish("agent.registered", {
+                "agent_name": agent.name, "agent_type": agent.agent_type, "execution_mode": agent.execution_mode,
+                "event_subscriptions": list(agent.event_subscriptions), "process": self.process_id})
+        except Exception as exc:  # an announcement is informative: never fail a reload or a start for it
+            log.warning("could not publish agent.registered for %s: %s", agent.name, exc)
