@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 
 from agentrunner import logs
+from agentrunner.health import HealthMonitor
 from agentrunner.interfaces import (
     BusUnavailable,
     CompletionRequest,
@@ -386,6 +387,7 @@ class Orchestrator:
         self.slots = slots or max(1, settings.worker_processes * settings.worker_threads_per_process)
         self.metrics = Metrics()
         self.process_id = new_id()  # names this process in what it publishes about itself
+        self.health = HealthMonitor(self, settings)
         self._slots = asyncio.Semaphore(self.slots)
         self.streams = StreamHub()
         self._waiters: dict[str, list[asyncio.Future]] = {}
@@ -427,6 +429,7 @@ class Orchestrator:
             await self._restore_agents()
             for name in sorted(self.config.agents):
                 await self._announce(self.config.agents[name])
+            await self.health.start_heartbeats()
             self._spawn(self._unload_idle_agents())
             self._events_subscription = await self.bus.subscribe(EVENTS_QUEUE, [], self._on_event,
                                                                  concurrency=self.slots)
@@ -449,6 +452,7 @@ class Orchestrator:
         """
         self._accepting = False
         self._consuming = False
+        await self.health.stop()
         for subscription in [*self._subscriptions, *self._ordered.values(), self._events_subscription]:
             if subscription is not None:
                 await subscription.cancel()
@@ -913,8 +917,8 @@ class Orchestrator:
 
     async def _on_event(self, event: Event) -> None:
         """Turn an event into a task for every agent subscribed to it, with the loop guard."""
-        if event.headers.get("task"):
-            return  # a task message (`autonomous.task.submitted`, …) is plumbing, not an event
+        if event.headers.get("task") or event.headers.get("internal"):
+            return  # a task message (`autonomous.task.submitted`, …) or a heartbeat is plumbing, not an event
         depth = int(event.headers.get("depth", 0) or 0)
         origin = event.headers.get("origin_agent")
         targets = sorted(self._event_trie.match(event.routing_key))

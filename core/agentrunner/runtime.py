@@ -102,6 +102,7 @@ class Platform:
         await self.orchestrator.start(consume=consume, recover=recover)
         if schedule:
             await self.scheduler.start()
+            await self.orchestrator.health.start_monitor()
         if watch if watch is not None else self.settings.config_hot_reload:
             await self.config.start()
         await self._call_hook("startup")

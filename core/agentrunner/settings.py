@@ -566,8 +566,9 @@ class Settings:
     task_max_retries: int = _orch(_COUNT, 3, "default of retry_config.max_retries")
     task_retry_delay: float = _orch(_Float(0), 5.0, "default of retry_config.retry_delay_seconds")
     agent_registration_timeout: int = _orch(_POSITIVE, 30, "agent registration timeout in seconds")
-    agent_health_check_interval: int = _orch(_POSITIVE, 60, "seconds between agent health checks")
-    agent_unresponsive_threshold: int = _orch(_POSITIVE, 180, "seconds without a sign of life before unhealthy")
+    agent_health_check_interval: int = _orch(_POSITIVE, 60, "seconds between heartbeats of worker processes")
+    agent_unresponsive_threshold: int = _orch(_POSITIVE, 180, "seconds without a heartbeat before an agent is "
+                                                              "unresponsive (agent.health.changed)")
     shutdown_grace_period: float = _orch(_Float(0), 30.0, "seconds SIGTERM waits for running executions")
     agent_max_tool_steps: int = _orch(_POSITIVE, 10, "model turns with tool calls one model call may take; "
                                                      "more fail the execution")
@@ -957,8 +958,7 @@ NO_EFFECT: dict[str, str] = {
     **_no_effect("agent files are always validated: loading one is structuring it, which is the validation",
                  "CONFIG_VALIDATE_ON_LOAD"),
     # Read by parts of the platform that are not written yet.
-    **_no_effect("the orchestrator does not read it yet", "TASK_ROUTING_STRATEGY",
-                 "AGENT_REGISTRATION_TIMEOUT", "AGENT_HEALTH_CHECK_INTERVAL", "AGENT_UNRESPONSIVE_THRESHOLD"),
+    **_no_effect("the orchestrator does not read it yet", "TASK_ROUTING_STRATEGY", "AGENT_REGISTRATION_TIMEOUT"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they
     # choose the backend, and start-up names the plugin to install.)
     **_no_effect(_plugin("agentrunner-slack"), "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET",

@@ -46,16 +46,22 @@ def _unavailable(exc: Exception) -> ApiError:
 
 
 async def list_agents(request: web.Request) -> web.Response:
-    agents = _platform(request).config.agents
+    platform = _platform(request)
+    agents = platform.config.agents
     redactor = request.app[REDACTOR]
-    return web.json_response({"agents": [agent_json(agents[name], redactor) for name in sorted(agents)]})
+    health = platform.orchestrator.health.health_of
+    return web.json_response({"agents": [{**agent_json(agents[name], redactor), "health": health(name)}
+                                         for name in sorted(agents)]})
 
 
 async def get_agent(request: web.Request) -> web.Response:
-    agent = _platform(request).config.get(request.match_info["name"])
+    platform = _platform(request)
+    agent = platform.config.get(request.match_info["name"])
     if agent is None:
         raise not_found(f"no agent named {request.match_info['name']!r}")
-    return web.json_response(agent_json(agent, request.app[REDACTOR]))
+    # `health`: healthy / unresponsive from the workers' heartbeats, as this process's monitor sees them
+    return web.json_response({**agent_json(agent, request.app[REDACTOR]),
+                              "health": platform.orchestrator.health.health_of(agent.name)})
 
 
 async def submit_task(request: web.Request) -> web.Response:
