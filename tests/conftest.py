@@ -7,15 +7,11 @@ import uuid
 
 import pytest
 
+from service_checks import service_unavailable
+
 POSTGRES_DSN = os.environ.get("AGENTRUNNER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
-def service_unavailable(what: str, error: BaseException) -> None:
-    """Under CI a missing service fails the run; on a laptop the test is skipped with the reason."""
-    message = f"{what} is not reachable: {error!r}"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture

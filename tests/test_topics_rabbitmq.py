@@ -19,7 +19,7 @@ from collections import Counter
 from typing import Any
 
 from agentrunner.topics import TopicTrie, topic_matches
-from conftest import service_unavailable
+from service_checks import service_unavailable
 from test_topics import EDGE_CASES
 
 RABBITMQ_URL = os.environ.get("AGENTRUNNER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")

@@ -33,9 +33,10 @@ def build_backend(registry: Registry, kind: str, name: str, settings: Any, varia
 
 
 def _components(registry: Registry) -> list[tuple[str, Any]]:
-    """The providers and tool types: the components that hold settings and pooled connections."""
+    """The providers, tool types and gateways: the components that hold settings and connections."""
     return [*(("provider " + name, c) for name, c in registry.providers.items()),
-            *(("tool type " + name, c) for name, c in registry.tool_types.items())]
+            *(("tool type " + name, c) for name, c in registry.tool_types.items()),
+            *(("gateway " + name, c) for name, c in registry.gateways.items())]
 
 
 def configure_components(registry: Registry, settings: Any) -> None:

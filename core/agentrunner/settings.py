@@ -935,10 +935,6 @@ def _no_effect(reason: str, *names: str) -> dict[str, str]:
 
 
 
-def _plugin(distribution: str) -> str:
-    return f"used by the {distribution} plugin (not yet available)"
-
-
 #: Variables accepted (and validated) that no code uses, with the reason; ``agentrunner
 #: validate`` names the ones that are set. A test keeps this true: a variable read by code
 #: must not be here, and one read by none must be.
@@ -961,11 +957,6 @@ NO_EFFECT: dict[str, str] = {
     **_no_effect("the orchestrator does not read it yet", "TASK_ROUTING_STRATEGY", "AGENT_REGISTRATION_TIMEOUT"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they
     # choose the backend, and start-up names the plugin to install.)
-    **_no_effect(_plugin("agentrunner-slack"), "SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET",
-                 "SLACK_WEBHOOK_PATH", "SLACK_VERIFY_SIGNATURE", "SLACK_SIGNATURE_VERSION", "SLACK_RATE_LIMIT_ENABLED",
-                 "SLACK_RATE_LIMIT_CALLS", "SLACK_RATE_LIMIT_PERIOD", "SLACK_MAX_RETRY_ATTEMPTS", "SLACK_RETRY_DELAY",
-                 "SLACK_RETRY_EXPONENTIAL_BASE", "SLACK_RESPONSE_TIMEOUT", "SLACK_EPHEMERAL_RESPONSES",
-                 "SLACK_API_URL"),
 }
 
 
