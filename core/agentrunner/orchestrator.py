@@ -46,6 +46,8 @@ log = logging.getLogger("agentrunner.orchestrator")
 
 #: An event chain deeper than this is dropped (DESIGN.md: the loop guard).
 MAX_CHAIN_DEPTH = 8
+#: internal routing key of answers to a human question, from the process that got them to the one waiting
+INPUT_KEY = "agentrunner.input"
 EXECUTION_EVENTS = ("agent.execution.completed", "agent.execution.failed", "agent.execution.awaiting_input")
 #: How many finished executions each process remembers for wait() (bounded: memory stays flat).
 FINISHED_KEPT = 1024
@@ -443,6 +445,10 @@ class Orchestrator:
             waiters = await self.bus.subscribe(f"agentrunner.waiters.{new_id()}", list(EXECUTION_EVENTS),
                                                self._on_execution_event, concurrency=4, exclusive=True)
             self._subscriptions.append(waiters)
+            if consume:  # answers to the questions of executions this process runs, given elsewhere
+                inputs = await self.bus.subscribe(f"agentrunner.input.{self.process_id}", [INPUT_KEY],
+                                                  self._on_input, concurrency=4, exclusive=True)
+                self._subscriptions.append(inputs)
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop intake, let running executions finish within ``grace`` seconds, then stop.
@@ -595,15 +601,29 @@ class Orchestrator:
         return execution
 
     async def provide_input(self, execution_id: str, value: Any) -> Execution:
-        """Answer the question of an execution in ``awaiting_input``; it resumes ``running``."""
+        """Answer the question of an execution in ``awaiting_input``; it resumes ``running``.
+
+        The execution may wait in another process (a worker): the answer then travels on the bus
+        to the process holding it. With a process-local bus only this process can hold it.
+        """
         answer = self._questions.get(execution_id)
-        if answer is None or answer.done():
+        here = answer is not None and not answer.done()
+        if not here and getattr(self.bus, "process_local", False):
             raise InvalidTransition(f"execution {execution_id} is not waiting for input in this process")
         if not await self.store.update_execution(execution_id, expect_status=("awaiting_input",), status="running"):
             raise InvalidTransition(f"execution {execution_id} is not awaiting input")
         resumed = await self.store.get_execution(execution_id)  # as it resumes, before the mode moves on
-        answer.set_result(value)
+        if here:
+            answer.set_result(value)
+        else:
+            await self.bus.publish(INPUT_KEY, {"execution_id": execution_id, "value": value}, {"internal": True})
         return resumed
+
+    async def _on_input(self, event: Event) -> None:
+        """An answer given in another process, for an execution waiting in this one."""
+        answer = self._questions.get((event.payload or {}).get("execution_id"))
+        if answer is not None and not answer.done():
+            answer.set_result(event.payload.get("value"))
 
     async def retry_dead_letter(self, item_id: str) -> Execution:
         """Run a dead-lettered execution again from its first attempt; the dead letter is removed."""
