@@ -46,9 +46,11 @@ log = logging.getLogger("agentrunner.orchestrator")
 
 #: An event chain deeper than this is dropped (DESIGN.md: the loop guard).
 MAX_CHAIN_DEPTH = 8
+#: internal routing keys ``agentrunner.done.{process}``: an execution the process submitted finished (or waits
+#: for a human)
+DONE_PREFIX = "agentrunner.done"
 #: internal routing key of answers to a human question, from the process that got them to the one waiting
 INPUT_KEY = "agentrunner.input"
-EXECUTION_EVENTS = ("agent.execution.completed", "agent.execution.failed", "agent.execution.awaiting_input")
 #: How many finished executions each process remembers for wait() (bounded: memory stays flat).
 FINISHED_KEPT = 1024
 EVENTS_QUEUE = "agentrunner.events"
@@ -355,6 +357,7 @@ class ExecutionContext:
                                                       status="awaiting_input", details=self.details)
             orchestrator._wake(await orchestrator.store.get_execution(execution_id))
             execution = self._execution
+            await orchestrator._notify_submitter(execution_id, "awaiting_input")
             await orchestrator.bus.publish(  # a gateway shows the question where the task came from
                 "agent.execution.awaiting_input",
                 {"execution_id": execution_id, "agent_name": execution.agent_name, "question": question,
@@ -389,6 +392,7 @@ class Orchestrator:
         self.slots = slots or max(1, settings.worker_processes * settings.worker_threads_per_process)
         self.metrics = Metrics()
         self.process_id = new_id()  # names this process in what it publishes about itself
+        self._reply_to: dict[str, str] = {}  # execution being handled → the process that submitted it
         self.health = HealthMonitor(self, settings)
         self._slots = asyncio.Semaphore(self.slots)
         self.streams = StreamHub()
@@ -442,7 +446,8 @@ class Orchestrator:
                 await self._recover()
         if not getattr(self.bus, "process_local", False):
             # executions finished by other processes wake this process's waiters through the bus
-            waiters = await self.bus.subscribe(f"agentrunner.waiters.{new_id()}", list(EXECUTION_EVENTS),
+            waiters = await self.bus.subscribe(f"agentrunner.waiters.{self.process_id}",
+                                               [f"{DONE_PREFIX}.{self.process_id}"],
                                                self._on_execution_event, concurrency=4, exclusive=True)
             self._subscriptions.append(waiters)
             if consume:  # answers to the questions of executions this process runs, given elsewhere
@@ -536,6 +541,9 @@ class Orchestrator:
         headers: dict[str, Any] = {"trace_id": execution.trace_id, "task": True}
         if not_before is not None:
             headers["not_before"] = not_before
+        if not getattr(self.bus, "process_local", False):
+            # whoever submitted it may wait for it: the process that finishes it tells that one directly
+            headers["reply_to"] = self._reply_to.get(execution.execution_id, self.process_id)
         await self.bus.publish(task_routing_key(agent.execution_mode, agent.name),
                                {"execution_id": execution.execution_id, "agent_name": agent.name}, headers)
 
@@ -572,10 +580,21 @@ class Orchestrator:
             if not future.done():
                 future.set_result(execution)
 
+    async def _notify_submitter(self, execution_id: str, status: str) -> None:
+        """Wake the waiters of the process that submitted an execution, if that is another process: one
+        message to that process rather than a copy of every event to every process."""
+        reply_to = self._reply_to.get(execution_id)
+        if reply_to and reply_to != self.process_id:
+            try:
+                await self.bus.publish(f"{DONE_PREFIX}.{reply_to}", {"execution_id": execution_id, "status": status},
+                                       {"internal": True})
+            except Exception as exc:  # its waiters time out and read the store instead
+                log.warning("could not tell process %s that %s is %s: %s", reply_to, execution_id, status, exc)
+
     async def _on_execution_event(self, event: Event) -> None:
         """Wake local waiters of executions finished (or waiting for a human) in another process."""
         execution_id = (event.payload or {}).get("execution_id")
-        if event.routing_key != "agent.execution.awaiting_input":
+        if (event.payload or {}).get("status") != "awaiting_input":
             self._submitted.discard(execution_id)  # finished, here or elsewhere
         if any(not future.done() for future in self._waiters.get(execution_id, ())):
             execution = await self.store.get_execution(execution_id)
@@ -670,8 +689,13 @@ class Orchestrator:
                     await asyncio.sleep(float(not_before) - time.time())
                 finally:
                     self._delayed.discard(task)
-            await self._handle_task(event.payload["execution_id"], event.payload["agent_name"])
+            execution_id = event.payload["execution_id"]
+            reply_to = event.headers.get("reply_to")
+            if reply_to:
+                self._reply_to[execution_id] = reply_to
+            await self._handle_task(execution_id, event.payload["agent_name"])
         finally:
+            self._reply_to.pop(event.payload.get("execution_id"), None)
             self._handlers -= 1
             self.tasks_handled += 1
             if not self._handlers:
@@ -841,6 +865,7 @@ class Orchestrator:
         self.metrics.execution_ended(execution.agent_name, status,
                                      (fields["completed_at"] - started).total_seconds() if started else None)
         self._wake(execution)
+        await self._notify_submitter(execution.execution_id, status)
         routing_key = "agent.execution.completed" if status == "completed" else "agent.execution.failed"
         payload = {"execution_id": execution.execution_id, "agent_name": execution.agent_name, "status": status,
                    "result": result, "error_message": error, "trace_id": execution.trace_id}
