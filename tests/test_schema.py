@@ -204,3 +204,14 @@ def test_as_dict_hides_the_password_of_a_url():
     assert as_dict(llm, redact=False)["base_url"] == "http://bot:s3cret@gpu.local:11434"
     assert redact_url_password("https://tok3n@git.example.com/x") == "https://***@git.example.com/x"
     assert redact_url_password("https://example.com/a@b") == "https://example.com/a@b"
+
+
+def test_an_execution_survives_a_trip_through_json():
+    from datetime import UTC, datetime
+
+    from agentrunner.records import Execution
+
+    execution = Execution("e1", "a", "autonomous", status="completed", input={"q": 1}, result="r",
+                          usage={"input_tokens": 2}, attempts=2, started_at=datetime(2026, 1, 1, tzinfo=UTC),
+                          completed_at=datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC))
+    assert Execution.from_json(execution.to_json()) == execution

@@ -580,14 +580,17 @@ class Orchestrator:
             if not future.done():
                 future.set_result(execution)
 
-    async def _notify_submitter(self, execution_id: str, status: str) -> None:
+    async def _notify_submitter(self, execution_id: str, status: str, execution: Execution | None = None) -> None:
         """Wake the waiters of the process that submitted an execution, if that is another process: one
-        message to that process rather than a copy of every event to every process."""
+        message to that process rather than a copy of every event to every process. A finished execution
+        travels whole, so the waiter needs no read of the store."""
         reply_to = self._reply_to.get(execution_id)
         if reply_to and reply_to != self.process_id:
+            payload: dict[str, Any] = {"execution_id": execution_id, "status": status}
+            if execution is not None:
+                payload["execution"] = execution.to_json()
             try:
-                await self.bus.publish(f"{DONE_PREFIX}.{reply_to}", {"execution_id": execution_id, "status": status},
-                                       {"internal": True})
+                await self.bus.publish(f"{DONE_PREFIX}.{reply_to}", payload, {"internal": True})
             except Exception as exc:  # its waiters time out and read the store instead
                 log.warning("could not tell process %s that %s is %s: %s", reply_to, execution_id, status, exc)
 
@@ -597,7 +600,8 @@ class Orchestrator:
         if (event.payload or {}).get("status") != "awaiting_input":
             self._submitted.discard(execution_id)  # finished, here or elsewhere
         if any(not future.done() for future in self._waiters.get(execution_id, ())):
-            execution = await self.store.get_execution(execution_id)
+            whole = (event.payload or {}).get("execution")
+            execution = Execution.from_json(whole) if whole else await self.store.get_execution(execution_id)
             if execution is not None:
                 self._wake(execution)
 
@@ -865,7 +869,7 @@ class Orchestrator:
         self.metrics.execution_ended(execution.agent_name, status,
                                      (fields["completed_at"] - started).total_seconds() if started else None)
         self._wake(execution)
-        await self._notify_submitter(execution.execution_id, status)
+        await self._notify_submitter(execution.execution_id, status, execution)
         routing_key = "agent.execution.completed" if status == "completed" else "agent.execution.failed"
         payload = {"execution_id": execution.execution_id, "agent_name": execution.agent_name, "status": status,
                    "result": result, "error_message": error, "trace_id": execution.trace_id}

@@ -99,6 +99,16 @@ class Execution:
             "parent_execution_id": self.parent_execution_id,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Execution:
+        """The inverse of ``to_json`` (an execution that travelled as JSON)."""
+        fields = {field.name for field in attrs.fields(cls)}
+        values = {key: value for key, value in data.items() if key in fields}
+        for key in ("created_at", "started_at", "completed_at"):
+            if values.get(key) is not None:
+                values[key] = datetime.fromisoformat(values[key])
+        return cls(**values)
+
 
 @attrs.define
 class AgentState:
