@@ -117,9 +117,9 @@ async def test_connection_refused_is_retryable(provider, operation):
 async def test_a_server_that_never_answers_times_out_after_llm_config_timeout(fake, provider, operation):
     fake.reply(Hang())
     started = time.monotonic()
-    error = await call(provider, ask(llm(fake, timeout=0.3)), operation)
-    assert 0.25 <= time.monotonic() - started < 3
-    assert str(error) == "bedrock: no answer within 0.3 s (timeout)"
+    error = await call(provider, ask(llm(fake, timeout=1.0)), operation)  # room for a busy machine
+    assert 0.95 <= time.monotonic() - started < 6
+    assert str(error) == "bedrock: no answer within 1 s (timeout)"
     assert error.retryable
     assert len(fake.requests) == 1
 
@@ -127,8 +127,8 @@ async def test_a_server_that_never_answers_times_out_after_llm_config_timeout(fa
 async def test_a_stream_that_stalls_times_out_too(fake, provider):
     fake.reply(Paused(Answer(text=("first ", "second")), after=2))  # the rest never comes
     received = []
-    with pytest.raises(ProviderError, match=r"no answer within 0\.3 s \(timeout\)") as caught:
-        async for item in provider.stream(ask(llm(fake, timeout=0.3))):
+    with pytest.raises(ProviderError, match=r"no answer within 1 s \(timeout\)") as caught:
+        async for item in provider.stream(ask(llm(fake, timeout=1.0))):
             received.append(item)
     assert received == ["first "]
     assert caught.value.retryable

@@ -54,12 +54,12 @@ async def test_calls_return_the_structured_content_or_the_text_and_errors_raise(
 
 
 async def test_a_call_ends_at_its_timeout_and_the_session_goes_on(tool_type, target):
-    tools = by_name(await tool_type.open(target.entry(timeout=0.3)))
+    tools = by_name(await tool_type.open(target.entry(timeout=1.0)))  # room for a busy machine to list and add
 
     started = time.monotonic()
-    with pytest.raises(ToolError, match=r"did not answer within 0\.3 s \(calling 'sleep'\)"):
+    with pytest.raises(ToolError, match=r"did not answer within 1 s \(calling 'sleep'\)"):
         await tools["sleep"].call({"seconds": 10})
-    assert time.monotonic() - started < 0.3 + TIMEOUT_MARGIN
+    assert time.monotonic() - started < 1.0 + TIMEOUT_MARGIN
 
     assert await tools["add"].call({"a": 2, "b": 2}) == {"result": 4}
     assert target.sessions() == 1

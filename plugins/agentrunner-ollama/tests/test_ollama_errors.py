@@ -102,11 +102,11 @@ async def test_a_server_that_never_answers_times_out_after_llm_config_timeout(fa
     started = time.monotonic()
 
     with pytest.raises(ProviderError) as caught:
-        await call(provider, ask(timeout=0.2), streaming)
+        await call(provider, ask(timeout=1.0), streaming)  # room for a busy machine to send the request
 
-    assert 0.15 <= time.monotonic() - started < 2
+    assert 0.95 <= time.monotonic() - started < 6
     assert caught.value.retryable
-    assert str(caught.value) == f"ollama: no answer within 0.2 s (timeout) from {fake_ollama.url}"
+    assert str(caught.value) == f"ollama: no answer within 1 s (timeout) from {fake_ollama.url}"
     assert len(fake_ollama.requests) == 1
 
 

@@ -151,9 +151,9 @@ async def test_connection_refused_is_retryable_and_names_the_server(stream):
 async def test_a_server_that_never_answers_times_out_after_llm_config_timeout(fake_openai, provider, stream):
     fake_openai.reply(Hang())
     started = time.monotonic()
-    error = await failure_of(provider, ask(timeout=0.3), stream=stream)
-    assert 0.25 <= time.monotonic() - started < 3
-    assert str(error) == "openai: no answer within 0.3 s (timeout)"
+    error = await failure_of(provider, ask(timeout=1.0), stream=stream)  # room for a busy machine
+    assert 0.95 <= time.monotonic() - started < 6
+    assert str(error) == "openai: no answer within 1 s (timeout)"
     assert error.retryable
     assert len(fake_openai.requests) == 1
 
