@@ -274,14 +274,16 @@ class EventBus(Protocol):
 
     async def subscribe(
         self, queue: str, patterns: Sequence[str], handler: EventHandler, *, concurrency: int = 1,
-        exclusive: bool = False, single_active: bool = False,
+        exclusive: bool = False, single_active: bool = False, prefetch: int | None = None,
     ) -> Subscription:
         """Consume ``queue`` (created if missing, bound to ``patterns``) with ``concurrency``
         handlers at a time. An ``exclusive`` queue belongs to this subscription and is
         deleted when it is cancelled; other queues keep their messages while nobody consumes.
         ``single_active``: of all the subscriptions to the queue, in every process, one at a
         time receives its messages, and handles them one by one in order (RabbitMQ's
-        single active consumer) — for tasks that must not overtake each other."""
+        single active consumer) — for tasks that must not overtake each other. ``prefetch``: at most
+        this many messages delivered to the subscription and not yet handled (None: the bus's
+        default); with ``prefetch=concurrency`` a process only takes what it can start now."""
 
     async def queue_depth(self, queue: str) -> int: ...
 

@@ -390,6 +390,8 @@ class Orchestrator:
         self.bus = bus
         self.state = state  # the StateManager
         self.slots = slots or max(1, settings.worker_processes * settings.worker_threads_per_process)
+        if settings.task_routing_strategy == "weighted":  # a weight-3 process runs (and takes) three times as much
+            self.slots *= settings.worker_weight
         self.metrics = Metrics()
         self.process_id = new_id()  # names this process in what it publishes about itself
         self._reply_to: dict[str, str] = {}  # execution being handled → the process that submitted it
@@ -424,12 +426,19 @@ class Orchestrator:
         """Subscribe the task and event queues and re-queue what a previous run left unfinished."""
         self._accepting = True
         if consume:
+            # TASK_ROUTING_STRATEGY, between the processes consuming one queue: round_robin deals tasks in
+            # turn whatever each process has in hand; least_busy lets a process hold only what it can start
+            # now; weighted does that with WORKER_WEIGHT consumers, so a process gets its weight's share
+            strategy = self.settings.task_routing_strategy
+            consumers = self.settings.worker_weight if strategy == "weighted" else 1
+            prefetch = self.slots if strategy in ("least_busy", "weighted") else None
             for mode in sorted(self.registry.execution_modes):
                 if mode in ORDERED_MODES:
                     continue  # one queue per agent (sync_ordered_queues)
-                subscription = await self.bus.subscribe(f"agentrunner.tasks.{mode}", [task_binding(mode)],
-                                                        self._on_task, concurrency=self.slots)
-                self._subscriptions.append(subscription)
+                for _ in range(consumers):
+                    subscription = await self.bus.subscribe(f"agentrunner.tasks.{mode}", [task_binding(mode)],
+                                                            self._on_task, concurrency=self.slots, prefetch=prefetch)
+                    self._subscriptions.append(subscription)
             self._consuming = True
             await self.sync_ordered_queues()
             await self._restore_agents()

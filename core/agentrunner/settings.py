@@ -570,6 +570,8 @@ class Settings:
     agent_unresponsive_threshold: int = _orch(_POSITIVE, 180, "seconds without a heartbeat before an agent is "
                                                               "unresponsive (agent.health.changed)")
     shutdown_grace_period: float = _orch(_Float(0), 30.0, "seconds SIGTERM waits for running executions")
+    worker_weight: int = _orch(_POSITIVE, 1, "with TASK_ROUTING_STRATEGY=weighted: this process runs this many times "
+                                             "its slots and takes that share of the tasks")
     agent_max_tool_steps: int = _orch(_POSITIVE, 10, "model turns with tool calls one model call may take; "
                                                      "more fail the execution")
     agent_tool_repeat_limit: int = _orch(_POSITIVE, 3, "the same tool with identical arguments this many times "
@@ -954,7 +956,7 @@ NO_EFFECT: dict[str, str] = {
     **_no_effect("agent files are always validated: loading one is structuring it, which is the validation",
                  "CONFIG_VALIDATE_ON_LOAD"),
     # Read by parts of the platform that are not written yet.
-    **_no_effect("the orchestrator does not read it yet", "TASK_ROUTING_STRATEGY", "AGENT_REGISTRATION_TIMEOUT"),
+    **_no_effect("the orchestrator does not read it yet", "AGENT_REGISTRATION_TIMEOUT"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they
     # choose the backend, and start-up names the plugin to install.)
 }

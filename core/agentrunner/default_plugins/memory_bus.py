@@ -154,7 +154,9 @@ class MemoryEventBus:
             queue.messages.put_nowait((routing_key, body, dict(headers or {}), message_id, 0))
 
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: Any, *, concurrency: int = 1,
-                        exclusive: bool = False, single_active: bool = False) -> _Subscription:
+                        exclusive: bool = False, single_active: bool = False,
+                        prefetch: int | None = None) -> _Subscription:
+        """``prefetch`` changes nothing here: a consumer task takes a message only when it is free."""
         target = self._queues.get(queue)
         if target is None:
             target = self._queues[queue] = _Queue(queue)

@@ -281,7 +281,8 @@ class RabbitMQEventBus:
     # --- consuming ----------------------------------------------------------------
 
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: EventHandler, *, concurrency: int = 1,
-                        exclusive: bool = False, single_active: bool = False) -> _Subscription:
+                        exclusive: bool = False, single_active: bool = False,
+                        prefetch: int | None = None) -> _Subscription:
         """Consume ``queue`` on a channel of its own (created and bound to ``patterns`` if missing).
 
         A durable queue gets its dead-letter queue first; an ``exclusive`` one expires after
@@ -303,7 +304,7 @@ class RabbitMQEventBus:
         arguments = topology.temporary_queue_arguments() if exclusive else topology.task_queue_arguments(
             full, single_active=single_active)
         subscription = _Subscription(self, full, handler, concurrency=1 if single_active else max(1, concurrency),
-                                     exclusive=exclusive, single_active=single_active)
+                                     exclusive=exclusive, single_active=single_active, prefetch=prefetch)
         try:
             async with asyncio.timeout(self._timeout):
                 await self._declare_once(connection, full, arguments, dead_letters=not exclusive)
@@ -454,7 +455,8 @@ class _Subscription:
     """One consumer of a queue, on a channel of its own, handling up to ``concurrency`` messages at a time."""
 
     def __init__(self, bus: RabbitMQEventBus, queue: str, handler: EventHandler, *, concurrency: int,
-                 exclusive: bool, single_active: bool) -> None:
+                 exclusive: bool, single_active: bool, prefetch: int | None = None) -> None:
+        self._prefetch = prefetch
         self._bus = bus
         self.queue = queue
         self._handler = handler
@@ -478,6 +480,8 @@ class _Subscription:
         await channel.initialize()
         if self._single_active:
             prefetch = 1
+        elif self._prefetch is not None:
+            prefetch = max(1, self._prefetch)  # the caller's choice (TASK_ROUTING_STRATEGY=least_busy: its slots)
         elif bus._prefetch_count == 0:
             prefetch = 0  # AMQP's "no limit"
         else:
