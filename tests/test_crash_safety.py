@@ -45,8 +45,10 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+# without the plugins (a partial install) the test is skipped on a laptop; under CI=true it runs, and fails
 pytestmark = pytest.mark.skipif(
-    not (_installed("agentrunner_postgres") and _installed("agentrunner_rabbitmq")),
+    not (_installed("agentrunner_postgres") and _installed("agentrunner_rabbitmq"))
+    and os.environ.get("CI", "").lower() != "true",
     reason="needs the agentrunner-postgres and agentrunner-rabbitmq plugins (requirements-dev.txt installs them)")
 
 

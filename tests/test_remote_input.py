@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import textwrap
 import uuid
 
@@ -13,7 +14,9 @@ from agentrunner.testing.platform import running_platform
 from agentrunner.testing.pytest_plugin import require_service
 from test_crash_safety import _delete_topology
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("agentrunner_rabbitmq") is None,
+# without the plugin (a partial install) the test is skipped on a laptop; under CI=true it runs, and fails
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("agentrunner_rabbitmq") is None
+                                and os.environ.get("CI", "").lower() != "true",
                                 reason="needs the agentrunner-rabbitmq plugin (requirements-dev.txt installs it)")
 
 
