@@ -750,30 +750,24 @@ class Orchestrator:
         # every log line of this execution — ours, a provider's, a tool's — carries its ids
         token = logs.EXECUTION.set(ctx._log_extra())
         try:
-            await self._run_and_record(agent, execution, mode, ctx, soft, hard, uses_state, stored_state, state,
-                                       snapshot)
+            try:
+                result = await self._execute_with_limits(mode, ctx, soft, hard)
+                if uses_state and json.dumps(state, sort_keys=True, default=str) != snapshot:
+                    # a conflicting write by another process fails this attempt, which is then retried
+                    await self._save_state(agent.name, stored_state, state)
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise  # the worker itself is being cancelled
+                return  # the execution was cancelled by request or put back by a shutdown: its status is set
+            except TimeoutError:
+                await self._finish(execution, "timed_out", ctx=ctx,
+                                   error=f"the execution exceeded its time limit of {soft:g} s")
+            except Exception as exc:  # a mode, tool or provider failure: retry or fail
+                await self._failed(agent, execution, ctx, exc)
+            else:
+                await self._finish(execution, "completed", ctx=ctx, result=result)
         finally:
             logs.EXECUTION.reset(token)
-
-    async def _run_and_record(self, agent: Any, execution: Execution, mode: Any, ctx: ExecutionContext,
-                              soft: float, hard: float, uses_state: bool, stored_state: Any, state: dict,
-                              snapshot: str | None) -> None:
-        try:
-            result = await self._execute_with_limits(mode, ctx, soft, hard)
-            if uses_state and json.dumps(state, sort_keys=True, default=str) != snapshot:
-                # a conflicting write by another process fails this attempt, which is then retried
-                await self._save_state(agent.name, stored_state, state)
-        except asyncio.CancelledError:
-            if asyncio.current_task().cancelling():
-                raise  # the worker itself is being cancelled
-            return  # the execution was cancelled by request or put back by a shutdown: its status is set
-        except TimeoutError:
-            await self._finish(execution, "timed_out", ctx=ctx,
-                               error=f"the execution exceeded its time limit of {soft:g} s")
-        except Exception as exc:  # a mode, tool or provider failure: retry or fail
-            await self._failed(agent, execution, ctx, exc)
-        else:
-            await self._finish(execution, "completed", ctx=ctx, result=result)
 
     def _time_limits(self, agent: Any) -> tuple[float, float]:
         """The soft limit (cancel cleanly) and the hard limit (abandon) of one execution.
