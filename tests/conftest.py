@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from service_checks import service_unavailable
+from agentrunner.testing.pytest_plugin import service_missing
 
 POSTGRES_DSN = os.environ.get("AGENTRUNNER_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -22,7 +22,7 @@ async def pg_schema():
     try:
         conn = await asyncpg.connect(POSTGRES_DSN, timeout=5)
     except (OSError, asyncpg.PostgresError) as exc:
-        service_unavailable(f"PostgreSQL at {POSTGRES_DSN}", exc)
+        service_missing(f"PostgreSQL at {POSTGRES_DSN} is not reachable: {exc!r}")
     schema = f"test_{uuid.uuid4().hex[:12]}"
     await conn.execute(f'CREATE SCHEMA "{schema}"')
     await conn.execute(f'SET search_path TO "{schema}"')

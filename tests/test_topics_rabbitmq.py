@@ -18,8 +18,8 @@ import uuid
 from collections import Counter
 from typing import Any
 
+from agentrunner.testing.pytest_plugin import service_missing
 from agentrunner.topics import TopicTrie, topic_matches
-from service_checks import service_unavailable
 from test_topics import EDGE_CASES
 
 RABBITMQ_URL = os.environ.get("AGENTRUNNER_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -65,11 +65,11 @@ async def connect() -> Any:
     try:
         import aio_pika
     except ImportError as exc:
-        service_unavailable("RabbitMQ client library aio-pika (pip install aio-pika)", exc)
+        service_missing(f"RabbitMQ client library aio-pika (pip install aio-pika) is not importable: {exc!r}")
     try:
         return await asyncio.wait_for(aio_pika.connect(RABBITMQ_URL, timeout=5), 10)
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-        service_unavailable(f"RabbitMQ at {RABBITMQ_URL.split('@')[-1]}", exc)
+        service_missing(f"RabbitMQ at {RABBITMQ_URL.split('@')[-1]} is not reachable: {exc!r}")
 
 
 async def broker_routing(

@@ -23,17 +23,21 @@ from typing import Any
 import pytest
 
 
+def service_missing(message: str) -> None:
+    """Skip the calling test because a service it needs is missing — or, under ``CI=true``, fail it
+    (CI has every service, so a missing one is a broken machine)."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message}; CI=true: tests that need it fail instead of skipping", pytrace=False)
+    pytest.skip(message)
+
+
 def require_service(name: str, host: str, port: int, *, timeout: float = 2.0) -> None:
-    """Skip the calling test when ``name`` does not accept connections at ``host:port``; under
-    ``CI=true`` fail it instead (CI has every service, so a missing one is a broken machine)."""
+    """``service_missing`` unless ``name`` accepts connections at ``host:port``."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return
     except OSError as exc:
-        message = f"{name} is not reachable at {host}:{port} ({exc.strerror or exc})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{message}; CI=true: tests that need it fail instead of skipping", pytrace=False)
-    pytest.skip(message)
+        service_missing(f"{name} is not reachable at {host}:{port} ({exc.strerror or exc})")
 
 
 @pytest.fixture

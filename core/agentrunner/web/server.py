@@ -60,34 +60,28 @@ async def start_services(platform: Any, names: Iterable[str] | None = None, *,
         for name, (human, port_attribute, _factory), host_attribute in (
             ("state", SERVICES["state"], "state_manager_host"), ("config", SERVICES["config"], "config_service_host"))
         if name not in running and "orchestrator" in running}
-    runners, urls = [], []
+    runners: list[web.AppRunner] = []
+    urls: list[tuple[str, str]] = []
+
+    async def serve(app: web.Application, port: int, context: Any, label: str, path: str = "") -> None:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context).start()
+        bound = runner.addresses[-1][1] if runner.addresses else port
+        urls.append((label, f"{'https' if context else 'http'}://{_url_host(host)}:{bound}{path}"))
+
     try:
         for name in names or SERVICES:
             human, port_attribute, _factory = SERVICES[name]
-            runner = web.AppRunner(build_app(platform, name), access_log=None, handle_signals=False)
-            await runner.setup()
-            runners.append(runner)
-            port = (ports or {}).get(name, getattr(settings, port_attribute))
             # the Slack webhook is protected by Slack's signature: no client certificate asked there
-            context = tls_context(settings, client_certificates=name != "gateway")
-            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
-            await site.start()
-            bound = runner.addresses[-1][1] if runner.addresses else port
-            shown = f"[{host}]" if ":" in host else host
-            urls.append((human, f"{'https' if context else 'http'}://{shown}:{bound}"))
+            await serve(build_app(platform, name), (ports or {}).get(name, getattr(settings, port_attribute)),
+                        tls_context(settings, client_certificates=name != "gateway"), human)
         if settings.prometheus_enabled:
             from agentrunner import metrics
 
-            runner = web.AppRunner(metrics.create_app(platform), access_log=None, handle_signals=False)
-            await runner.setup()
-            runners.append(runner)
-            port = (ports or {}).get("metrics", settings.metrics_port)
-            context = tls_context(settings, client_certificates=False)
-            site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=context)
-            await site.start()
-            bound = runner.addresses[-1][1] if runner.addresses else port
-            shown = f"[{host}]" if ":" in host else host
-            urls.append(("Metrics", f"{'https' if context else 'http'}://{shown}:{bound}/metrics"))
+            await serve(metrics.create_app(platform), (ports or {}).get("metrics", settings.metrics_port),
+                        tls_context(settings, client_certificates=False), "Metrics", "/metrics")
     except BaseException:
         for runner in runners:
             await runner.cleanup()
