@@ -34,8 +34,16 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     clean.update(env or {})
     if extra_path:
         clean["PYTHONPATH"] = os.pathsep.join(filter(None, [str(extra_path), clean.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-m", "agentrunner", *args], capture_output=True, text=True,
-                          env=clean, cwd=cwd, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "agentrunner", *args], capture_output=True, text=True,
+                            env=clean, cwd=cwd, timeout=60)
+    _show(result.stdout, result.stderr)
+    return result
+
+
+def _show(*outputs: str) -> None:
+    """Copy a process's output into the test's own, where the run's canary scan (conftest.py) reads it."""
+    for output in outputs:
+        sys.stdout.write(output or "")
 
 
 @pytest.fixture
@@ -229,6 +237,7 @@ def test_serve_prints_where_it_listens_and_drains_on_sigterm(workdir):
                 ids.append(json.loads(response.read())["execution_id"])
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=30)
+        _show("\n".join(lines), out, err)
         assert process.returncode == 0, err
         assert "stopped" in out
     finally:

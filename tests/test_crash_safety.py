@@ -115,8 +115,7 @@ async def test_killed_worker_and_dropped_broker_connections_lose_no_task(tmp_pat
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
     env.pop("REDIS_HOST", None)
     command = [sys.executable, "-m", "agentrunner"]
-    serve = _start([*command, "serve", "--config", str(tmp_path), "--service", "orchestrator"], env,
-                   stdout=subprocess.DEVNULL)
+    serve = _start([*command, "serve", "--config", str(tmp_path), "--service", "orchestrator"], env)
     workers = _start([*command, "worker", "--config", str(tmp_path)], env, stdout=subprocess.PIPE)
     children: list[int] = []
     try:
@@ -160,7 +159,8 @@ async def test_killed_worker_and_dropped_broker_connections_lose_no_task(tmp_pat
 
 
 def _start(command: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL, text=True, **kwargs)
+    # output and logs go to the test's own (captured, and scanned for canary secrets by conftest.py)
+    return subprocess.Popen(command, env=env, text=True, **kwargs)
 
 
 def _stop(*processes: subprocess.Popen) -> None:

@@ -14,9 +14,9 @@ import pytest
 
 import agentrunner
 from agentrunner.logs import COMPONENTS, configure_logging
+from agentrunner.redaction import Redactor
 from agentrunner.settings import load_settings
 from agentrunner.testing.platform import http_client, running_platform
-from agentrunner.web.common import Redactor
 from test_cli import _serve_env
 
 CANARY = "sk-canary-4b1d9e0f77"
@@ -155,6 +155,38 @@ def test_serve_writes_only_json_lines_banner_included(tmp_path):
         if process.poll() is None:
             process.kill()
     lines += [json.loads(line) for line in out.splitlines()]
+    print(json.dumps(lines))  # and the run's canary scan (conftest.py) reads them too
     messages = [line["message"] for line in lines]
     assert "agentrunner 0.1.0: 1 agents loaded: echoer" in messages and messages[-1] == "stopped"
     assert CANARY not in json.dumps(lines)
+
+
+async def test_a_running_platform_hides_its_secrets_from_every_handler(tmp_path):
+    """A program embedding the platform keeps its own handlers (no configure_logging): while the
+    platform runs, the records themselves are redacted; when it stops, nothing is changed any more."""
+    import io
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    host = logging.getLogger("host.application")
+    host.addHandler(handler)
+    host.propagate = False
+    host.setLevel(logging.INFO)
+    factory = logging.getLogRecordFactory()
+    try:
+        async with running_platform(tmp_path, {"OPENAI_API_KEY": CANARY}):
+            host.info("the key is %s", CANARY)
+            try:
+                raise RuntimeError(f"refused {CANARY}")
+            except RuntimeError:
+                host.exception("a failure")
+        host.info("after the stop: %s", "unchanged-value")
+    finally:
+        host.removeHandler(handler)
+        host.propagate = True
+    written = stream.getvalue()
+    assert "the key is ***" in written and "RuntimeError: refused ***" in written
+    assert CANARY not in written
+    assert "after the stop: unchanged-value" in written
+    assert logging.getLogRecordFactory() is factory

@@ -69,7 +69,7 @@ def _platform(obj: _Context, config_dir: str | None, slots: int | None = None):
 def _setup_logging(settings) -> None:
     """LOG_FORMAT, LOG_OUTPUT and the levels; every configured secret redacted from every line."""
     from agentrunner.logs import configure_logging
-    from agentrunner.web.common import Redactor
+    from agentrunner.redaction import Redactor
 
     redactor = Redactor.from_settings(settings)
     configure_logging(settings, redactor)
@@ -102,8 +102,8 @@ async def check_connections(settings: Any, registry: Any) -> list[tuple[bool, st
     import asyncio
     import contextlib
 
+    from agentrunner.redaction import Redactor
     from agentrunner.runtime import PlatformError, build_backend
-    from agentrunner.web.common import Redactor
 
     redact = Redactor.from_settings(settings)
     lines: list[tuple[bool, str]] = []

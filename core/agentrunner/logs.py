@@ -10,11 +10,14 @@
 - Every line an execution causes — the orchestrator's, a provider's, a tool's — carries its ids,
   through a context variable the orchestrator sets while the execution runs.
 - A redaction filter on the handler replaces every configured secret (API keys, tokens, passwords,
-  tool credentials from ``${VAR}``) in every line, whoever logged it, with ``***``.
+  tool credentials from ``${VAR}``) in every line, whoever logged it, with ``***``. While a platform
+  runs, the records themselves are redacted as they are made (``redact_records``), so that the
+  handlers of a program embedding agentrunner, or of a test runner, never see a secret either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -64,6 +67,24 @@ class ExecutionFilter(logging.Filter):
         return True
 
 
+def redact_record(record: logging.LogRecord, redact: Callable[[str], str]) -> None:
+    """Replace every secret in the final text of a record (message, arguments, traceback, ids)."""
+    message = record.getMessage()
+    redacted = redact(message)
+    if redacted != message or record.args:
+        record.msg, record.args = redacted, None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = logging.Formatter().formatException(record.exc_info)
+    if record.exc_text:
+        record.exc_text = redact(record.exc_text)
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    for field in EXECUTION_FIELDS:
+        value = getattr(record, field, None)
+        if isinstance(value, str):
+            setattr(record, field, redact(value))
+
+
 class RedactionFilter(logging.Filter):
     """Replaces every secret in the final text of a record (message, arguments, traceback)."""
 
@@ -72,21 +93,45 @@ class RedactionFilter(logging.Filter):
         self.redact = redact
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = self.redact(message)
-        if redacted != message or record.args:
-            record.msg, record.args = redacted, None
-        if record.exc_info and not record.exc_text:
-            record.exc_text = logging.Formatter().formatException(record.exc_info)
-        if record.exc_text:
-            record.exc_text = self.redact(record.exc_text)
-        if record.stack_info:
-            record.stack_info = self.redact(record.stack_info)
-        for field in EXECUTION_FIELDS:
-            value = getattr(record, field, None)
-            if isinstance(value, str):
-                setattr(record, field, self.redact(value))
+        redact_record(record, self.redact)
         return True
+
+
+#: the redactions of the platforms running in this process, applied to every record as it is made
+_RECORD_REDACTIONS: list[Callable[[str], str]] = []
+_made_by: Callable[..., logging.LogRecord] | None = None
+
+
+def _redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = (_made_by or logging.LogRecord)(*args, **kwargs)
+    for redact in list(_RECORD_REDACTIONS):
+        try:
+            redact_record(record, redact)
+        except Exception:  # a record whose arguments do not format: logging reports it when it is written
+            break
+    return record
+
+
+def redact_records(redact: Callable[[str], str]) -> Callable[[], None]:
+    """Redact every log record this process makes — whoever logs it, whichever handler writes it
+    (the handlers of a program embedding the platform, a test runner's capture) — until the returned
+    function is called. Only records that pass their logger's level are made, so this costs nothing
+    on quiet loggers."""
+    global _made_by
+    if not _RECORD_REDACTIONS and logging.getLogRecordFactory() is not _redacting_factory:
+        _made_by = logging.getLogRecordFactory()
+        logging.setLogRecordFactory(_redacting_factory)
+    _RECORD_REDACTIONS.append(redact)
+
+    def stop() -> None:
+        global _made_by
+        with contextlib.suppress(ValueError):
+            _RECORD_REDACTIONS.remove(redact)
+        if not _RECORD_REDACTIONS and logging.getLogRecordFactory() is _redacting_factory:
+            logging.setLogRecordFactory(_made_by or logging.LogRecord)
+            _made_by = None
+
+    return stop
 
 
 class JsonFormatter(logging.Formatter):

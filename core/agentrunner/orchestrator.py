@@ -17,7 +17,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import attrs
@@ -91,6 +91,11 @@ class BudgetExceeded(Exception):
 
 class ToolOpenError(Exception):
     """A tool entry could not be made ready (e.g. its MCP server is down); the task may be retried."""
+
+
+class RegistrationTimeout(Exception):
+    """Registering the agents on the event bus (their queues, event bindings, restored state and
+    ``agent.registered``) took longer than ``AGENT_REGISTRATION_TIMEOUT``."""
 
 
 class ExecutionFailed(Exception):
@@ -440,15 +445,16 @@ class Orchestrator:
                                                             self._on_task, concurrency=self.slots, prefetch=prefetch)
                     self._subscriptions.append(subscription)
             self._consuming = True
-            await self.sync_ordered_queues()
-            await self._restore_agents()
-            for name in sorted(self.config.agents):
-                await self._announce(self.config.agents[name])
+            async with self._registering(sorted(self.config.agents)):
+                await self.sync_ordered_queues()
+                await self._restore_agents()
+                for name in sorted(self.config.agents):
+                    await self._announce(self.config.agents[name])
+                self._events_subscription = await self.bus.subscribe(EVENTS_QUEUE, [], self._on_event,
+                                                                     concurrency=self.slots)
+                await self.sync_event_subscriptions()
             await self.health.start_heartbeats()
             self._spawn(self._unload_idle_agents())
-            self._events_subscription = await self.bus.subscribe(EVENTS_QUEUE, [], self._on_event,
-                                                                 concurrency=self.slots)
-            await self.sync_event_subscriptions()
             # A durable bus still holds the tasks of a stopped process (and redelivers those a killed one
             # was running); only a process-local bus loses them, and then the store says what to re-queue.
             if recover and getattr(self.bus, "process_local", False):
@@ -997,10 +1003,30 @@ class Orchestrator:
     async def on_config_change(self, change: Any) -> None:
         """ConfigurationService subscriber: keep event bindings and ordered queues in step with the agents,
         and announce the agents added or changed (``agent.registered``)."""
-        await self.sync_event_subscriptions()
-        await self.sync_ordered_queues()
-        for agent in [*change.added.values(), *change.updated.values()]:
-            await self._announce(agent)
+        changed = [*change.added.values(), *change.updated.values()]
+        try:
+            async with self._registering(sorted(agent.name for agent in changed)):
+                await self.sync_event_subscriptions()
+                await self.sync_ordered_queues()
+                for agent in changed:
+                    await self._announce(agent)
+        except RegistrationTimeout as exc:  # the next reload tries again; the running agents go on
+            log.error("%s", exc)
+
+    @contextlib.asynccontextmanager
+    async def _registering(self, names: list[str]) -> AsyncIterator[None]:
+        """``AGENT_REGISTRATION_TIMEOUT`` seconds for registering ``names`` on the event bus."""
+        limit = self.settings.agent_registration_timeout
+        deadline = asyncio.timeout(limit)
+        try:
+            async with deadline:
+                yield
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise RegistrationTimeout(
+                f"registering the agents {', '.join(names) or '(none)'} on the event bus ({self.bus.name}) took "
+                f"longer than AGENT_REGISTRATION_TIMEOUT={limit} s; check that the bus answers") from None
 
     async def _announce(self, agent: Any) -> None:
         """Publish ``agent.registered`` for an agent this process now runs (at start, added, changed)."""

@@ -7,14 +7,17 @@ HTTP services and plugins reach every component through it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from agentrunner.config_service import ConfigurationService
-from agentrunner.orchestrator import Orchestrator
+from agentrunner.logs import redact_records
+from agentrunner.orchestrator import Orchestrator, RegistrationTimeout
 from agentrunner.plugins import Registry, make_plugin_manager
+from agentrunner.redaction import Redactor
 from agentrunner.scheduler import Scheduler
 from agentrunner.state_manager import StateManager
 
@@ -90,6 +93,16 @@ class Platform:
         """
         if self.started:
             return
+        # every log line of this process hides the configured secrets, from the first (loading the agents)
+        self._stop_redacting = redact_records(Redactor.from_settings(self.settings))
+        try:
+            await self._start(consume=consume, watch=watch, recover=recover, schedule=schedule)
+        except BaseException:
+            await self._abandon_start()
+            raise
+        self.started = True
+
+    async def _start(self, *, consume: bool, watch: bool | None, recover: bool, schedule: bool) -> None:
         # Blocking work (sync function tools, file reads of hot reload) runs on this many threads.
         loop = asyncio.get_running_loop()
         # (asyncio.run and the test loops shut the default executor down with the loop)
@@ -100,14 +113,26 @@ class Platform:
         await self.bus.start()
         await self.cache.start()
         self.config.subscribe(self.orchestrator.on_config_change)
-        await self.orchestrator.start(consume=consume, recover=recover)
+        try:
+            await self.orchestrator.start(consume=consume, recover=recover)
+        except RegistrationTimeout as exc:
+            raise PlatformError(str(exc)) from None
         if schedule:
             await self.scheduler.start()
             await self.orchestrator.health.start_monitor()
         if watch if watch is not None else self.settings.config_hot_reload:
             await self.config.start()
         await self._call_hook("startup")
-        self.started = True
+
+    async def _abandon_start(self) -> None:
+        """Undo a start that failed half-way (a backend down, a registration timeout), so that the
+        process reports the reason and exits without tasks and connections left behind."""
+        steps = (lambda: self.orchestrator.stop(0), self.config.stop, self.scheduler.stop, self.bus.stop,
+                 self.cache.stop, self.store.stop)
+        for step in steps:
+            with contextlib.suppress(Exception):
+                await step()
+        self._stop_redacting()
 
     async def stop(self, grace: float = 30.0) -> None:
         """Stop intake, drain running executions within ``grace`` seconds, call ``shutdown`` hooks, close."""
@@ -122,6 +147,7 @@ class Platform:
         await self.bus.stop()
         await self.cache.stop()
         await self.store.stop()
+        self._stop_redacting()
 
     async def _call_hook(self, name: str) -> None:
         for result in getattr(self.pm.hook, name)(platform=self):

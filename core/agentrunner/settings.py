@@ -565,7 +565,9 @@ class Settings:
     task_default_timeout: float = _orch(_SECONDS, 300.0, "timeout in seconds of a task whose agent sets none")
     task_max_retries: int = _orch(_COUNT, 3, "default of retry_config.max_retries")
     task_retry_delay: float = _orch(_Float(0), 5.0, "default of retry_config.retry_delay_seconds")
-    agent_registration_timeout: int = _orch(_POSITIVE, 30, "agent registration timeout in seconds")
+    agent_registration_timeout: int = _orch(_POSITIVE, 30, "seconds the agents get to register on the event bus "
+                                                            "(queues, event bindings, agent.registered): a start "
+                                                            "fails after it, a hot reload logs an error")
     agent_health_check_interval: int = _orch(_POSITIVE, 60, "seconds between heartbeats of worker processes")
     agent_unresponsive_threshold: int = _orch(_POSITIVE, 180, "seconds without a heartbeat before an agent is "
                                                               "unresponsive (agent.health.changed)")
@@ -955,8 +957,6 @@ NO_EFFECT: dict[str, str] = {
                  "CONFIG_CACHE_ENABLED"),
     **_no_effect("agent files are always validated: loading one is structuring it, which is the validation",
                  "CONFIG_VALIDATE_ON_LOAD"),
-    # Read by parts of the platform that are not written yet.
-    **_no_effect("the orchestrator does not read it yet", "AGENT_REGISTRATION_TIMEOUT"),
     # (DATABASE_URL, POSTGRES_HOST, REDIS_HOST, RABBITMQ_URL and RABBITMQ_HOST are not here: they
     # choose the backend, and start-up names the plugin to install.)
 }

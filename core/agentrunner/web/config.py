@@ -9,7 +9,8 @@ import attrs
 from aiohttp import web
 
 from agentrunner.agent_loader import AgentConfigError, LoaderOptions, load_agent_text
-from agentrunner.web.common import PLATFORM, REDACTOR, ApiError, Redactor, make_app, not_found
+from agentrunner.redaction import Redactor
+from agentrunner.web.common import PLATFORM, REDACTOR, ApiError, make_app, not_found
 from agentrunner.web.orchestrator import agent_json
 
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
