@@ -10,6 +10,7 @@ deliver, and a routed payload that is not JSON-able fails at the publisher.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -29,31 +30,87 @@ _encode = json.JSONEncoder(ensure_ascii=False).encode
 MAX_DELIVERIES = 5
 
 
+_Message = tuple[str, str, dict[str, Any], str, int]  # routing key, body, headers, message id, deliveries
+
+
 class _Queue:
+    """Messages waiting for a consumer, dealt to the subscriptions in turn as RabbitMQ deals them to
+    competing consumers: the next subscription that has room in hand (its ``prefetch``) gets the next
+    message. A single-active queue delivers only to its oldest subscription."""
+
     def __init__(self, name: str) -> None:
         self.name = name
-        self.messages: asyncio.Queue[tuple[str, str, dict[str, Any], str, int]] = asyncio.Queue()
+        self.backlog: collections.deque[_Message] = collections.deque()
         self.patterns: set[str] = set()
-        self.subscriptions = 0
-        #: held by the single-active consumer that is taking and handling a message
-        self.active = asyncio.Lock()
+        self.consumers: list[_Subscription] = []
+        #: messages handed to a subscription and not finished, a cancelled subscription's included
+        self.in_hand = 0
+        self._turn = 0
+
+    @property
+    def subscriptions(self) -> int:
+        return len(self.consumers)
+
+    def put(self, message: _Message, *, first: bool = False) -> None:
+        if first:
+            self.backlog.appendleft(message)
+        else:
+            self.backlog.append(message)
+        self.deal()
+
+    def deal(self) -> None:
+        """Hand waiting messages to subscriptions with room, in turn."""
+        backlog, consumers = self.backlog, self.consumers
+        while backlog and consumers:
+            if consumers[0].single_active:
+                # one at a time, also while a cancelled subscription finishes its last message
+                if self.in_hand or not consumers[0].has_room():
+                    return
+                consumers[0].hand(backlog.popleft())
+                continue
+            count = len(consumers)
+            for step in range(count):
+                consumer = consumers[(self._turn + step) % count]
+                if consumer.has_room():
+                    self._turn = (self._turn + step + 1) % count
+                    consumer.hand(backlog.popleft())
+                    break
+            else:
+                return  # every subscription has its hands full: the rest waits here
+
+    def depth(self) -> int:
+        return len(self.backlog) + sum(consumer.inbox.qsize() for consumer in self.consumers)
 
 
 class _Subscription:
-    """A group of consumer tasks on one queue."""
+    """A group of consumer tasks on one queue, holding at most ``prefetch`` messages in hand (handed
+    to it and not yet finished); ``None`` takes every message dealt to it."""
 
     def __init__(self, bus: MemoryEventBus, queue: _Queue, handler: Any, concurrency: int, exclusive: bool,
-                 single_active: bool = False) -> None:
+                 single_active: bool = False, prefetch: int | None = None) -> None:
         self._bus = bus
         self._queue = queue
         self._handler = handler
         self._exclusive = exclusive
-        self._single_active = single_active
+        self.single_active = single_active
+        self._prefetch = 1 if single_active else prefetch
         self._closed = False
+        self.inbox: asyncio.Queue[_Message] = asyncio.Queue()
+        self._in_hand = 0
         self._idle: dict[asyncio.Task, bool] = {}
-        for _ in range(max(1, concurrency)):
+        for _ in range(1 if single_active else max(1, concurrency)):
             task = asyncio.ensure_future(self._consume())
             self._idle[task] = True
+        queue.consumers.append(self)
+        queue.deal()
+
+    def has_room(self) -> bool:
+        return not self._closed and (self._prefetch is None or self._in_hand < self._prefetch)
+
+    def hand(self, message: _Message) -> None:
+        self._in_hand += 1
+        self._queue.in_hand += 1
+        self.inbox.put_nowait(message)
 
     async def bind(self, pattern: str) -> None:
         self._bus._bind(self._queue, pattern)
@@ -62,7 +119,8 @@ class _Subscription:
         self._bus._unbind(self._queue, pattern)
 
     async def cancel(self) -> None:
-        """Stop taking messages; handlers already running finish their message."""
+        """Stop taking messages; handlers already running finish their message, and the messages in
+        hand not yet started go back to the queue, in order, for the other subscriptions."""
         if self._closed:
             return
         self._closed = True
@@ -71,24 +129,27 @@ class _Subscription:
             task.cancel()
         # busy consumers end after their current message: waiting for them here could wait forever
         await asyncio.gather(*waiting, return_exceptions=True)
-        self._queue.subscriptions -= 1
+        queue = self._queue
+        queue.consumers.remove(self)
+        returned = []
+        while not self.inbox.empty():
+            returned.append(self.inbox.get_nowait())
+        self._in_hand -= len(returned)
+        queue.in_hand -= len(returned)
+        queue.backlog.extendleft(reversed(returned))
+        queue.deal()
         self._bus._subscriptions.remove(self)
         if self._exclusive:
-            self._bus._delete_queue(self._queue)
+            self._bus._delete_queue(queue)
 
     async def _consume(self) -> None:
-        queue = self._queue
         while not self._closed:
-            if self._single_active:
-                async with queue.active:  # one message at a time across every subscription of the queue
-                    await self._take_one()
-            else:
-                await self._take_one()
+            await self._take_one()
 
     async def _take_one(self) -> None:
         task = asyncio.current_task()
         queue = self._queue
-        routing_key, body, headers, message_id, deliveries = await queue.messages.get()
+        routing_key, body, headers, message_id, deliveries = await self.inbox.get()
         self._idle[task] = False
         try:
             while True:
@@ -98,7 +159,7 @@ class _Subscription:
                     return
                 except asyncio.CancelledError:
                     # stopped mid-message (the process is stopping): keep the message for another consumer
-                    queue.messages.put_nowait((routing_key, body, headers, message_id, deliveries))
+                    queue.put((routing_key, body, headers, message_id, deliveries), first=True)
                     raise
                 except Exception:
                     deliveries += 1
@@ -109,11 +170,14 @@ class _Subscription:
                         return
                     log.warning("queue %s: handler failed on %s; delivering it again", queue.name, routing_key,
                                 exc_info=True)
-                    if not self._single_active:  # to the back of the queue; an ordered one retries it first
-                        queue.messages.put_nowait((routing_key, body, headers, message_id, deliveries))
+                    if not self.single_active:  # to the back of the queue; an ordered one retries it first
+                        queue.put((routing_key, body, headers, message_id, deliveries))
                         return
         finally:
             self._idle[task] = True
+            self._in_hand -= 1
+            queue.in_hand -= 1
+            queue.deal()
 
 
 class MemoryEventBus:
@@ -150,27 +214,25 @@ class MemoryEventBus:
         body = _encode(payload)
         message_id = new_id()
         for queue_name in targets:
-            queue = self._queues[queue_name]
-            queue.messages.put_nowait((routing_key, body, dict(headers or {}), message_id, 0))
+            self._queues[queue_name].put((routing_key, body, dict(headers or {}), message_id, 0))
 
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: Any, *, concurrency: int = 1,
                         exclusive: bool = False, single_active: bool = False,
                         prefetch: int | None = None) -> _Subscription:
-        """``prefetch`` changes nothing here: a consumer task takes a message only when it is free."""
+        """Messages are dealt to the subscriptions of a queue in turn, each holding at most ``prefetch``
+        in hand (``None``: no limit, every subscription gets its turn however busy it is)."""
         target = self._queues.get(queue)
         if target is None:
             target = self._queues[queue] = _Queue(queue)
         for pattern in patterns:
             self._bind(target, pattern)
-        target.subscriptions += 1
-        subscription = _Subscription(self, target, handler, 1 if single_active else concurrency, exclusive,
-                                     single_active)
+        subscription = _Subscription(self, target, handler, concurrency, exclusive, single_active, prefetch)
         self._subscriptions.append(subscription)
         return subscription
 
     async def queue_depth(self, queue: str) -> int:
         target = self._queues.get(queue)
-        return target.messages.qsize() if target else 0
+        return target.depth() if target else 0
 
     def _bind(self, queue: _Queue, pattern: str) -> None:
         problem = validate_pattern(pattern)
