@@ -6,11 +6,12 @@ them into Python values both ways) and timestamps are ``timestamptz``, read back
 in UTC.
 
 Writes on the task path never serialise the platform: each operation is one statement (two for
-the rare loser of a race) on its own pooled connection, so concurrent callers run concurrently
-and PostgreSQL group-commits their transactions. Every decision that must hold across processes
-is the database's: the unique constraints decide ``create_execution`` and ``claim_schedule_tick``,
-row locks order concurrent claims and compare-and-sets, ``put_state`` is a conditional write on
-the version.
+the rare loser of a race) on a pooled connection, and concurrent creates, claims and finishes are
+group-committed (``batching``): those that arrive while earlier ones run go together, as one
+statement over ``unnest`` arrays, so a busy process pays one round trip and one commit for many.
+Every decision that must hold across processes is the database's: the unique constraints decide
+``create_execution`` and ``claim_schedule_tick``, row locks order concurrent claims and
+compare-and-sets, ``put_state`` is a conditional write on the version.
 
 Outages raise ``StoreUnavailable`` within bounded time (POSTGRES_POOL_TIMEOUT to connect or find
 a free connection, POSTGRES_STATEMENT_TIMEOUT plus it per statement); the pool reconnects on the
@@ -35,6 +36,7 @@ import attrs
 
 from agentrunner.interfaces import StateConflict, StoreUnavailable
 from agentrunner.records import TERMINAL_STATUSES, AgentState, DeadLetter, Execution, Schedule, utcnow
+from agentrunner_postgres.batching import GroupWriter
 from agentrunner_postgres.connection import ConnectionConfig, is_connection_lost, is_outage, sql_log
 from agentrunner_postgres.migrations import (
     MigrationError,
@@ -66,6 +68,15 @@ _STATE_COLUMNS = ("agent_name, state_data, conversation_history, metadata, versi
 _SCHEDULE_COLUMNS = ("schedule_name, agent_name, schedule_type, schedule_config, task_data, enabled, created_at, "
                      "updated_at, last_execution")
 _DEAD_LETTER_COLUMNS = "id, execution_id, agent_name, routing_key, payload, error_message, attempts, failed_at"
+#: Each execution column's type in the arrays of a batched statement; JSONB travels as text (a list value
+#: would otherwise read as another array dimension) and is cast back in the statement.
+_EXECUTION_ARRAY_TYPES = {
+    "execution_id": "text", "agent_name": "text", "task_type": "text", "status": "text", "input": "jsonb",
+    "data": "jsonb", "result": "jsonb", "error_message": "text", "trace_id": "text", "usage": "jsonb",
+    "details": "jsonb", "attempts": "int4", "idempotency_key": "text", "parent_execution_id": "text",
+    "created_at": "timestamptz", "started_at": "timestamptz", "completed_at": "timestamptz",
+    "duration_seconds": "float8",
+}
 _CLAIMABLE = ("queued", "running")
 _TERMINAL = sorted(TERMINAL_STATUSES)
 
@@ -82,6 +93,25 @@ def _utc(value: datetime | None) -> datetime | None:
 
 def _execution_value(field: str, value: Any) -> Any:
     return _utc(value) if field in _EXECUTION_TIMES else value
+
+
+def _array(field: str, values: Sequence[Any]) -> list[Any]:
+    """One column of a batch, as the array parameter ``_unnest`` declares for it."""
+    if _EXECUTION_ARRAY_TYPES[field] == "jsonb":
+        return [None if value is None else _encode_json(value) for value in values]
+    return [_execution_value(field, value) for value in values]
+
+
+def _unnest(fields: Sequence[str], alias: str) -> str:
+    """``unnest($1::text[], …) AS alias(field, …)``: one row per write of a batch, a parameter per column."""
+    arrays = ", ".join(f"${i}::{_EXECUTION_ARRAY_TYPES[field].replace('jsonb', 'text')}[]"
+                       for i, field in enumerate(fields, 1))
+    return f"unnest({arrays}) AS {alias}({', '.join(fields)})"
+
+
+def _column(field: str, alias: str) -> str:
+    """A column of an ``_unnest`` row, back in its own type."""
+    return f"{alias}.{field}::jsonb" if _EXECUTION_ARRAY_TYPES[field] == "jsonb" else f"{alias}.{field}"
 
 
 def _execution(row: asyncpg.Record) -> Execution:
@@ -165,6 +195,12 @@ class PostgresStateStore:
         # DB_AUTO_MIGRATE=false: start() only checks the schema (`agentrunner db migrate` is a deploy step)
         self.auto_migrate = migrate if migrate is not None else bool(getattr(settings, "db_auto_migrate", True))
         self._pool: asyncpg.Pool | None = None
+        # group commit of the task path's writes (see batching): creates, claims, updates by shape
+        self._creates: GroupWriter[Execution, tuple[Execution, bool]] = GroupWriter(
+            self._create_batch, key=lambda execution: execution.execution_id)
+        self._claims: GroupWriter[tuple[str, datetime | None], Execution | None] = GroupWriter(
+            self._claim_batch, key=lambda claim: claim[0])
+        self._updates: dict[tuple[Any, ...], GroupWriter[tuple[str, tuple[Any, ...]], bool]] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -366,29 +402,42 @@ class PostgresStateStore:
 
     async def create_execution(self, execution: Execution) -> tuple[Execution, bool]:
         """Store a new execution, or return ``(the existing one, False)`` when the agent already used its
-        idempotency key or the execution id is stored (a redelivered task): the unique constraints decide."""
-        columns = [*_EXECUTION_FIELDS, "duration_seconds"]
+        idempotency key or the execution id is stored (a redelivered task): the unique constraints decide.
+
+        Concurrent creates are group-committed (``batching``): one INSERT for all of them, in which a
+        duplicate key skips its own row only, then looks the winner up as a lone create would."""
+        return await self._creates.submit(execution)
+
+    def _create_op(self, execution: Execution
+                   ) -> Callable[[asyncpg.Connection, bool], Awaitable[tuple[Execution, bool]]]:
+        """One create, as a statement of its own (and the way a batch's losers find their winner)."""
         values = [_execution_value(field, getattr(execution, field)) for field in _EXECUTION_FIELDS]
         values.append(execution.duration_seconds)
-        insert = (f"INSERT INTO execution_history ({', '.join(columns)}) "
-                  f"VALUES ({', '.join(f'${i}' for i in range(1, len(columns) + 1))}) "
-                  "ON CONFLICT DO NOTHING RETURNING 1")
-        # Only the loser of the race looks the winner up: the key's first execution before a same-id one.
-        existing = (f"SELECT {_EXECUTION_COLUMNS} FROM execution_history "
-                    "WHERE (agent_name = $1 AND idempotency_key = $2) OR execution_id = $3 "
-                    "ORDER BY (agent_name = $1 AND idempotency_key = $2) DESC NULLS LAST LIMIT 1")
 
         async def op(conn: asyncpg.Connection, retry: bool) -> tuple[Execution, bool]:
             # A winner can vanish between the two statements (deleted by maintenance): insert again.
             for _ in range(3):
-                if await conn.fetchval(insert, *values):
+                if await conn.fetchval(_INSERT_EXECUTION, *values):
                     return execution, True
-                row = await conn.fetchrow(existing, execution.agent_name, execution.idempotency_key,
+                row = await conn.fetchrow(_EXISTING_EXECUTION, execution.agent_name, execution.idempotency_key,
                                           execution.execution_id)
                 if row is not None:
                     # Ids are new per submission: on a retry, a row with ours is our own first insert.
                     return _execution(row), retry and row["execution_id"] == execution.execution_id
             raise StoreUnavailable(f"the execution {execution.execution_id} conflicts with a row that keeps vanishing")
+
+        return op
+
+    async def _create_batch(self, executions: Sequence[Execution]) -> list[tuple[Execution, bool]]:
+        columns = _INSERT_COLUMNS
+        arrays = [_array(field, [getattr(execution, field) for execution in executions]) for field in columns]
+
+        async def op(conn: asyncpg.Connection, retry: bool) -> list[tuple[Execution, bool]]:
+            if retry or len(executions) == 1:  # a lone write, or a retry: the single statement's checks
+                return [await self._create_op(execution)(conn, retry) for execution in executions]
+            inserted = {row[0] for row in await conn.fetch(_INSERT_EXECUTIONS, *arrays)}
+            return [(execution, True) if execution.execution_id in inserted
+                    else await self._create_op(execution)(conn, False) for execution in executions]
 
         return await self._run(op, "create_execution")
 
@@ -404,7 +453,9 @@ class PostgresStateStore:
     async def update_execution(self, execution_id: str, *, expect_status: Sequence[str] | None = None,
                                **fields: Any) -> bool:
         """Set ``fields``; with ``expect_status`` only while the status is one of them (compare-and-set).
-        Returns whether the execution was updated. An unknown field is a ``TypeError``."""
+        Returns whether the execution was updated. An unknown field is a ``TypeError``.
+
+        Concurrent updates of the same fields and expected statuses are group-committed (``batching``)."""
         if isinstance(expect_status, str):
             expect_status = [expect_status]
         unknown = set(fields) - _EXECUTION_UPDATABLE
@@ -412,54 +463,46 @@ class PostgresStateStore:
             raise TypeError(f"update_execution() got unknown execution field(s): {', '.join(sorted(unknown))}")
         if expect_status is not None and not expect_status:
             return False
-        params: list[Any] = [execution_id]
-        slots: dict[str, str] = {}
-        for field, value in fields.items():
-            params.append(_execution_value(field, value))
-            slots[field] = f"${len(params)}"
-        assignments = [f"{field} = {slot}" for field, slot in slots.items()]
-        if "started_at" in fields or "completed_at" in fields:
-            # duration_seconds mirrors the reference's column; SET sees the old values, so use the new ones.
-            completed = f"{slots['completed_at']}::timestamptz" if "completed_at" in slots else "completed_at"
-            started = f"{slots['started_at']}::timestamptz" if "started_at" in slots else "started_at"
-            assignments.append(f"duration_seconds = round(EXTRACT(EPOCH FROM ({completed} - {started}))::numeric, 6)")
-        if not assignments:
-            assignments.append("execution_id = execution_id")
-        sql = f"UPDATE execution_history SET {', '.join(assignments)} WHERE execution_id = $1"
-        if expect_status is not None:
-            params.append(list(expect_status))
-            sql += f" AND status = ANY(${len(params)}::text[])"
-        # After a lost connection: did our first attempt already set these values?
-        landed = "SELECT 1 FROM execution_history WHERE execution_id = $1" + "".join(
-            f" AND {field} IS NOT DISTINCT FROM {slot}" for field, slot in slots.items())
+        kind = (tuple(fields), tuple(expect_status) if expect_status is not None else None)
+        writer = self._updates.get(kind)
+        if writer is None:
+            shape = _UpdateShape(*kind)
+            writer = self._updates[kind] = GroupWriter(lambda updates: self._update_batch(shape, updates),
+                                                       key=lambda update: update[0])
+        return await writer.submit((execution_id, tuple(fields.values())))
 
-        async def op(conn: asyncpg.Connection, retry: bool) -> bool:
-            if _affected(await conn.execute(sql, *params)):
-                return True
-            if retry and expect_status is not None:
-                return bool(await conn.fetchval(landed, *params[:len(slots) + 1]))
-            return False
+    async def _update_batch(self, shape: _UpdateShape, updates: Sequence[tuple[str, tuple[Any, ...]]]) -> list[bool]:
+        async def op(conn: asyncpg.Connection, retry: bool) -> list[bool]:
+            if retry or len(updates) == 1:
+                return [await shape.run_one(conn, retry, execution_id, values) for execution_id, values in updates]
+            return await shape.run_many(conn, updates)
 
         return await self._run(op, "update_execution")
 
     async def claim_execution(self, execution_id: str, started_at: datetime) -> Execution | None:
         """Start an attempt (``queued``/``running`` → ``running``, attempts + 1) and return the execution,
-        in one statement; row locks apply concurrent claims one after the other."""
-        claim = (f"UPDATE execution_history SET status = 'running', started_at = $2, error_message = NULL, "
-                 f"attempts = attempts + 1, duration_seconds = NULL "
-                 f"WHERE execution_id = $1 AND status = ANY($3::text[]) RETURNING {_EXECUTION_COLUMNS}")
-        # A retry must not start a second attempt when the first one committed: ours has our started_at.
-        claim_again = claim.replace(
-            " RETURNING", " AND NOT (status = 'running' AND started_at IS NOT DISTINCT FROM $2) RETURNING")
-        ours = (f"SELECT {_EXECUTION_COLUMNS} FROM execution_history "
-                "WHERE execution_id = $1 AND status = 'running' AND started_at = $2")
-        started = _utc(started_at)
+        in one statement; row locks apply concurrent claims one after the other. Concurrent claims of
+        different executions are group-committed (``batching``)."""
+        return await self._claims.submit((execution_id, _utc(started_at)))
 
+    def _claim_op(self, execution_id: str, started: datetime | None
+                  ) -> Callable[[asyncpg.Connection, bool], Awaitable[Execution | None]]:
         async def op(conn: asyncpg.Connection, retry: bool) -> Execution | None:
-            row = await conn.fetchrow(claim_again if retry else claim, execution_id, started, _CLAIMABLE)
+            row = await conn.fetchrow(_CLAIM_AGAIN if retry else _CLAIM, execution_id, started, _CLAIMABLE)
             if row is None and retry:
-                row = await conn.fetchrow(ours, execution_id, started)
+                row = await conn.fetchrow(_OURS, execution_id, started)
             return _execution(row) if row is not None else None
+
+        return op
+
+    async def _claim_batch(self, claims: Sequence[tuple[str, datetime | None]]) -> list[Execution | None]:
+        ids, started = [claim[0] for claim in claims], [claim[1] for claim in claims]
+
+        async def op(conn: asyncpg.Connection, retry: bool) -> list[Execution | None]:
+            if retry or len(claims) == 1:
+                return [await self._claim_op(*claim)(conn, retry) for claim in claims]
+            rows = {row["execution_id"]: row for row in await conn.fetch(_CLAIM_MANY, ids, started, _CLAIMABLE)}
+            return [_execution(rows[execution_id]) if execution_id in rows else None for execution_id in ids]
 
         return await self._run(op, "claim_execution")
 
@@ -666,6 +709,84 @@ class PostgresStateStore:
             return bool(_affected(await conn.execute("DELETE FROM dead_letters WHERE id = $1", item_id)))
 
         return await self._run(op, "delete_dead_letter")
+
+
+# --- statements of the task path -----------------------------------------------------------
+
+_INSERT_COLUMNS = (*_EXECUTION_FIELDS, "duration_seconds")
+_INSERT_EXECUTION = (f"INSERT INTO execution_history ({', '.join(_INSERT_COLUMNS)}) "
+                     f"VALUES ({', '.join(f'${i}' for i in range(1, len(_INSERT_COLUMNS) + 1))}) "
+                     "ON CONFLICT DO NOTHING RETURNING 1")
+# A duplicate within the batch or with a stored row skips its own row only (DO NOTHING, not an error).
+_INSERT_EXECUTIONS = (f"INSERT INTO execution_history ({', '.join(_INSERT_COLUMNS)}) "
+                      f"SELECT {', '.join(_column(field, 't') for field in _INSERT_COLUMNS)} "
+                      f"FROM {_unnest(_INSERT_COLUMNS, 't')} ON CONFLICT DO NOTHING RETURNING execution_id")
+# Only the loser of the race looks the winner up: the key's first execution before a same-id one.
+_EXISTING_EXECUTION = (f"SELECT {_EXECUTION_COLUMNS} FROM execution_history "
+                       "WHERE (agent_name = $1 AND idempotency_key = $2) OR execution_id = $3 "
+                       "ORDER BY (agent_name = $1 AND idempotency_key = $2) DESC NULLS LAST LIMIT 1")
+_CLAIM = (f"UPDATE execution_history SET status = 'running', started_at = $2, error_message = NULL, "
+          f"attempts = attempts + 1, duration_seconds = NULL "
+          f"WHERE execution_id = $1 AND status = ANY($3::text[]) RETURNING {_EXECUTION_COLUMNS}")
+# A retry must not start a second attempt when the first one committed: ours has our started_at.
+_CLAIM_AGAIN = _CLAIM.replace(
+    " RETURNING", " AND NOT (status = 'running' AND started_at IS NOT DISTINCT FROM $2) RETURNING")
+_OURS = (f"SELECT {_EXECUTION_COLUMNS} FROM execution_history "
+         "WHERE execution_id = $1 AND status = 'running' AND started_at = $2")
+_CLAIM_MANY = ("UPDATE execution_history AS e SET status = 'running', started_at = c.started_at, error_message = NULL, "
+               "attempts = e.attempts + 1, duration_seconds = NULL "
+               f"FROM {_unnest(('execution_id', 'started_at'), 'c')} "
+               "WHERE e.execution_id = c.execution_id AND e.status = ANY($3::text[]) "
+               f"RETURNING {', '.join(f'e.{field}' for field in _EXECUTION_FIELDS)}")
+
+
+class _UpdateShape:
+    """The fields an update sets and the statuses it expects: updates of one shape share their statements,
+    one for a lone update (``$1`` the id, then the values, then the statuses) and one for a batch."""
+
+    def __init__(self, fields: tuple[str, ...], expect_status: tuple[str, ...] | None) -> None:
+        self.fields = fields
+        self.expect_status = list(expect_status) if expect_status is not None else None
+        slots = {field: f"${i}" for i, field in enumerate(fields, 2)}
+        assignments = [f"{field} = {slot}" for field, slot in slots.items()]
+        batch = [f"{field} = {_column(field, 'u')}" for field in fields]
+        if "started_at" in fields or "completed_at" in fields:
+            # duration_seconds mirrors the reference's column; SET sees the old values, so use the new ones.
+            ends = {}
+            for end in ("started_at", "completed_at"):
+                ends[end] = (f"{slots[end]}::timestamptz", f"u.{end}") if end in slots else (end, f"e.{end}")
+            duration = "duration_seconds = round(EXTRACT(EPOCH FROM ({} - {}))::numeric, 6)"
+            assignments.append(duration.format(ends["completed_at"][0], ends["started_at"][0]))
+            batch.append(duration.format(ends["completed_at"][1], ends["started_at"][1]))
+        self.one = f"UPDATE execution_history SET {', '.join(assignments) or 'execution_id = execution_id'} " \
+                   "WHERE execution_id = $1"
+        self.many = (f"UPDATE execution_history AS e SET {', '.join(batch) or 'execution_id = e.execution_id'} "
+                     f"FROM {_unnest(('execution_id', *fields), 'u')} WHERE e.execution_id = u.execution_id")
+        if self.expect_status is not None:
+            self.one += f" AND status = ANY(${len(fields) + 2}::text[])"
+            self.many += f" AND e.status = ANY(${len(fields) + 2}::text[])"
+        self.many += " RETURNING e.execution_id"
+        # After a lost connection: did our first attempt already set these values?
+        self.landed = "SELECT 1 FROM execution_history WHERE execution_id = $1" + "".join(
+            f" AND {field} IS NOT DISTINCT FROM {slot}" for field, slot in slots.items())
+
+    async def run_one(self, conn: asyncpg.Connection, retry: bool, execution_id: str,
+                      values: tuple[Any, ...]) -> bool:
+        params = [execution_id, *(_execution_value(field, value) for field, value in zip(self.fields, values,
+                                                                                          strict=True))]
+        statuses = [self.expect_status] if self.expect_status is not None else []
+        if _affected(await conn.execute(self.one, *params, *statuses)):
+            return True
+        if retry and self.expect_status is not None:
+            return bool(await conn.fetchval(self.landed, *params))
+        return False
+
+    async def run_many(self, conn: asyncpg.Connection, updates: Sequence[tuple[str, tuple[Any, ...]]]) -> list[bool]:
+        ids = [execution_id for execution_id, _ in updates]
+        arrays = [_array(field, [values[i] for _, values in updates]) for i, field in enumerate(self.fields)]
+        statuses = [self.expect_status] if self.expect_status is not None else []
+        changed = {row[0] for row in await conn.fetch(self.many, ids, *arrays, *statuses)}
+        return [execution_id in changed for execution_id in ids]
 
 
 def _log_query(record: Any) -> None:
