@@ -26,6 +26,8 @@ log = logging.getLogger("agentrunner.bus.memory")
 #: One encoder for every message: json.dumps with options builds a new encoder per call.
 _encode = json.JSONEncoder(ensure_ascii=False).encode
 
+#: Routing keys whose queues are remembered (events may bring any number of keys: forget them all then).
+ROUTES_KEPT = 1024
 #: Deliveries of one message before a handler that keeps failing has it dead-lettered.
 MAX_DELIVERIES = 5
 
@@ -190,6 +192,8 @@ class MemoryEventBus:
     def __init__(self, settings: Any = None) -> None:
         self._queues: dict[str, _Queue] = {}
         self._trie = TopicTrie()
+        #: routing key → the queues it reaches, until a binding changes (the same few keys come again and again)
+        self._routes: dict[str, Any] = {}
         self._started = False
         self._subscriptions: list[_Subscription] = []
         #: messages whose handler kept failing (the bus-level dead letters)
@@ -208,7 +212,11 @@ class MemoryEventBus:
             raise ConnectionError("the in-memory event bus is not started")
 
     async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None) -> None:
-        targets = self._trie.match(routing_key)
+        targets = self._routes.get(routing_key)
+        if targets is None:
+            if len(self._routes) >= ROUTES_KEPT:
+                self._routes.clear()
+            targets = self._routes[routing_key] = self._trie.match(routing_key)
         if not targets:
             return  # unroutable, as on a topic exchange: dropped (and never serialised)
         body = _encode(payload)
@@ -240,10 +248,12 @@ class MemoryEventBus:
             raise ValueError(f"cannot bind queue {queue.name!r}: {problem}")
         queue.patterns.add(pattern)
         self._trie.add(pattern, queue.name)
+        self._routes.clear()
 
     def _unbind(self, queue: _Queue, pattern: str) -> None:
         queue.patterns.discard(pattern)
         self._trie.remove(pattern, queue.name)
+        self._routes.clear()
 
     def _delete_queue(self, queue: _Queue) -> None:
         for pattern in list(queue.patterns):

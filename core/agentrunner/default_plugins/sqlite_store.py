@@ -27,6 +27,7 @@ import contextlib
 import itertools
 import json
 import logging
+import operator
 import os
 import shutil
 import sqlite3
@@ -139,9 +140,9 @@ def _ts(value: datetime | None) -> str | None:
     """A timestamp as fixed-width ISO-8601 UTC text (so text order is time order); naive means UTC."""
     if value is None:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if value.tzinfo is not UTC:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
 
 
 def _dt(text: str | None) -> datetime | None:
@@ -189,6 +190,17 @@ _EXECUTION_DECODERS = tuple(
     for field in _EXECUTION_FIELDS)
 _EXECUTION_ENCODERS: dict[str, Callable[[Any], Any]] = {
     **dict.fromkeys(_EXECUTION_TIMES, _ts), **dict.fromkeys(_EXECUTION_JSON | _EXECUTION_JSON_DICTS, _json)}
+
+
+#: the encoder of each field of an Execution, in attrs order (None: as it is)
+_INSERT_ENCODERS = tuple(_EXECUTION_ENCODERS.get(field) for field in _EXECUTION_FIELDS)
+_execution_values = operator.attrgetter(*_EXECUTION_FIELDS)
+_INSERT_EXECUTION = (f"INSERT INTO execution_history ({', '.join([*_EXECUTION_FIELDS, 'duration_seconds'])}) "
+                     f"VALUES ({', '.join('?' * (len(_EXECUTION_FIELDS) + 1))}) "
+                     "ON CONFLICT DO NOTHING RETURNING execution_id")
+# The unique constraints decide, atomically; only the loser looks the winner up.
+_EXISTING_EXECUTION = ("SELECT * FROM execution_history WHERE (agent_name = ? AND idempotency_key = ?) "
+                       "OR execution_id = ? ORDER BY (agent_name = ? AND idempotency_key = ?) DESC LIMIT 1")
 
 
 def _execution_value(field: str, value: Any) -> Any:
@@ -645,18 +657,10 @@ class SQLiteStateStore:
     async def create_execution(self, execution: Execution) -> tuple[Execution, bool]:
         """Store a new execution, or return ``(the existing one, False)`` when the agent already
         used its idempotency key, or when an execution with its id exists (a redelivered task)."""
-        columns = [*_EXECUTION_FIELDS, "duration_seconds"]
-        values = [_execution_value(field, getattr(execution, field)) for field in _EXECUTION_FIELDS]
+        values = [value if encode is None else encode(value)
+                  for encode, value in zip(_INSERT_ENCODERS, _execution_values(execution), strict=True)]
         values.append(execution.duration_seconds)
-        insert = (
-            f"INSERT INTO execution_history ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-            "ON CONFLICT DO NOTHING RETURNING execution_id"
-        )
-        # The unique constraints decide, atomically; only the loser looks the winner up.
-        existing = (
-            "SELECT * FROM execution_history WHERE (agent_name = ? AND idempotency_key = ?) OR execution_id = ? "
-            "ORDER BY (agent_name = ? AND idempotency_key = ?) DESC LIMIT 1"
-        )
+        insert, existing = _INSERT_EXECUTION, _EXISTING_EXECUTION
         key = execution.idempotency_key
 
         async def op(conn: aiosqlite.Connection) -> sqlite3.Row | None:

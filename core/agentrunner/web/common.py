@@ -143,6 +143,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+#: one decoder for every request (json.loads with options builds a new one per call)
+_DECODER = json.JSONDecoder(parse_constant=lambda name: _refuse_constant(name))
+
+
 async def read_json(request: web.Request, fields: Mapping[str, str], required: tuple[str, ...] = ()) -> dict:
     """The request's JSON object, checked: content type, size, depth, known fields and their types.
 
@@ -155,7 +159,7 @@ async def read_json(request: web.Request, fields: Mapping[str, str], required: t
                        f"request bodies must be application/json (got {request.content_type or 'none'})")
     try:
         text = (await request.read()).decode("utf-8")
-        body = json.loads(text, parse_constant=_refuse_constant) if text.strip() else None
+        body = _DECODER.decode(text) if text.strip() else None
     except RecursionError:  # the C decoder gives up long before 1 MiB of "[" ends
         raise ApiError(400, "bad_request", f"the request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
