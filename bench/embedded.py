@@ -1,17 +1,22 @@
 """Benchmark: tasks through HTTP → bus → echo → store on the embedded defaults.
 
 Starts `agentrunner serve` (SQLite store, in-memory bus, echo agent) and, as the
-ceiling, a bare aiohttp JSON handler, each in its own process; drives both with
-the same load generator in the same run, and reports completed tasks/s, p50/p99
+ceiling, a bare aiohttp JSON handler on the same event loop (EVENT_LOOP: uvloop
+when installed), each in its own process; drives both with the same load
+generator in the same run, and reports completed tasks/s, p50/p99
 submit-to-result latency, and the server's memory over the run.
 
-    python bench/embedded.py                       # defaults: 20,000 tasks, 32 in flight
+    python bench/embedded.py                       # defaults: 20,000 tasks, 32 in flight, 5 rounds
     python bench/embedded.py --tasks 100000        # the memory-flatness run
 
 Each task is `POST /agents/bench-echo/tasks {"input": ..., "wait": 30}`, which
 answers when the execution has completed, so a request's latency is the task's
-submit-to-result latency. The ceiling counts only if the generator drives the
-bare handler at ≥ 2× agentrunner's rate (otherwise the generator is the bottleneck).
+submit-to-result latency. The load is sent in rounds that alternate between
+the ceiling and agentrunner, so that drift on the machine (a shared VM's
+neighbours) weighs on both alike; the figures are the medians over the rounds,
+the ratio the median of the rounds' ratios. The ceiling counts only if the
+generator drives the bare handler at ≥ 2× agentrunner's rate (otherwise the
+generator is the bottleneck).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ BARE_SERVER = textwrap.dedent("""\
     app = web.Application()
     app.router.add_post("/agents/{name}/tasks", handle)
     app.router.add_get("/health", lambda request: web.json_response({"status": "ok"}))
+    if sys.argv[2] == "uvloop":  # the loop agentrunner runs on, so that only the handler differs
+        import uvloop
+        uvloop.install()
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
     """)
 
@@ -132,16 +140,29 @@ def report(name: str, result: dict) -> None:
           f"  ({result['tasks']} tasks, {result['concurrency']} in flight, {result['failures']} failed)")
 
 
+def median_of(results: list[dict]) -> dict:
+    """One line for several rounds: the median rate and latencies, the sums of tasks and failures."""
+    return {"tasks": sum(r["tasks"] for r in results), "concurrency": results[0]["concurrency"],
+            "failures": sum(r["failures"] for r in results),
+            **{key: statistics.median(r[key] for r in results) for key in ("rate", "p50", "p99")},
+            "rss": [value for r in results for value in r["rss"]]}
+
+
 async def main() -> None:
+    from agentrunner import eventloop
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tasks", type=int, default=20_000, help="tasks under load (default 20,000)")
+    parser.add_argument("--tasks", type=int, default=20_000, help="tasks under load, in all (default 20,000)")
     parser.add_argument("--concurrency", type=int, default=32, help="requests in flight under load")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of load, alternating the two (default 5)")
     parser.add_argument("--latency-tasks", type=int, default=2_000, help="tasks sent one at a time")
     args = parser.parse_args()
 
+    loop = eventloop.loop_name(os.environ.get("EVENT_LOOP", "auto"))
+    per_round = max(1, args.tasks // args.rounds)
     bare_port, runner_port = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
-        bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port)])
+        bare = subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(bare_port), loop])
         server = start_agentrunner(Path(tmp), runner_port)
         try:
             await wait_healthy(f"http://127.0.0.1:{bare_port}/health")
@@ -150,21 +171,34 @@ async def main() -> None:
             url = f"http://127.0.0.1:{runner_port}/agents/bench-echo/tasks"
             await drive(url, 500, 8)  # warm up
             await drive(bare_url, 500, 8)
-            print(f"load: {args.tasks} tasks, {args.concurrency} in flight; "
-                  f"latency: {args.latency_tasks} one at a time")
-            ceiling = await drive(bare_url, args.tasks, args.concurrency)
+            print(f"load: {args.rounds} rounds of {per_round} tasks each, {args.concurrency} in flight; "
+                  f"latency: {args.latency_tasks} one at a time; event loop: {loop}")
+            ceilings, loads, ratios = [], [], []
+            for number in range(args.rounds):
+                # alternate which goes first, so neither always runs on a machine the other warmed up
+                first_bare = number % 2 == 0
+                for which in ("bare", "runner") if first_bare else ("runner", "bare"):
+                    if which == "bare":
+                        ceilings.append(await drive(bare_url, per_round, args.concurrency))
+                    else:
+                        loads.append(await drive(url, per_round, args.concurrency, pid=server.pid))
+                ratios.append(loads[-1]["rate"] / ceilings[-1]["rate"])
+                print(f"  round {number + 1}: ceiling {ceilings[-1]['rate']:.0f}/s, "
+                      f"agentrunner {loads[-1]['rate']:.0f}/s, ratio {ratios[-1]:.2f}", flush=True)
+            ceiling, loaded = median_of(ceilings), median_of(loads)
             report("bare aiohttp (ceiling)", ceiling)
-            loaded = await drive(url, args.tasks, args.concurrency, pid=server.pid)
             report("agentrunner (embedded)", loaded)
             single = await drive(url, args.latency_tasks, 1)
             report("agentrunner, 1 in flight", single)
             bare_single = await drive(bare_url, args.latency_tasks, 1)
             report("bare aiohttp, 1 in flight", bare_single)
             valid = ceiling["rate"] >= 2 * loaded["rate"]
-            print(f"throughput ratio agentrunner / ceiling: {loaded['rate'] / ceiling['rate']:.2f}"
+            print(f"throughput ratio agentrunner / ceiling: {statistics.median(ratios):.2f} "
+                  f"(median of {len(ratios)} rounds; range {min(ratios):.2f}–{max(ratios):.2f})"
                   + ("" if valid else "  (ceiling below 2x agentrunner: the generator may be the bottleneck)"))
             print(f"p50 latency, 1 in flight: {single['p50']:.2f} ms (ceiling {bare_single['p50']:.2f} ms)")
             rss = loaded["rss"]
+            rss = [*rss[:-1:max(1, len(rss) // 10)], *rss[-1:]]  # about ten samples, the last one included
             if rss:
                 print(f"server RSS over the run (MiB): {', '.join(f'{v:.0f}' for v in rss)}")
         finally:

@@ -205,6 +205,16 @@ def test_run_prints_the_result_and_fails_with_exit_1(workdir):
     assert unknown.returncode == 1 and "unknown agent 'nobody' (loaded: support)" in unknown.stderr
 
 
+def test_run_on_the_standard_asyncio_loop_and_a_clear_error_for_an_unknown_loop(workdir):
+    env = {"SQLITE_PATH": str(workdir / "db.sqlite")}
+    plain = run_cli("run", "support", "on asyncio", cwd=workdir, env={**env, "EVENT_LOOP": "asyncio"})
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == "on asyncio\n"
+    wrong = run_cli("run", "support", "x", cwd=workdir, env={**env, "EVENT_LOOP": "trio"})
+    assert wrong.returncode != 0
+    assert "EVENT_LOOP" in wrong.stderr and "'trio'" in wrong.stderr
+
+
 def test_serve_prints_where_it_listens_and_drains_on_sigterm(workdir):
     import signal
     import urllib.request
@@ -227,7 +237,8 @@ def test_serve_prints_where_it_listens_and_drains_on_sigterm(workdir):
         assert lines[0] == "agentrunner 0.1.0: 1 agents loaded: support"
         assert f"AgentOrchestrator listening on http://127.0.0.1:{env['ORCHESTRATOR_PORT']}" in lines
         assert f"StateManager listening on http://127.0.0.1:{env['STATE_MANAGER_PORT']}" in lines
-        assert lines[-1] == "storage: sqlite, event bus: memory, cache: memory"
+        # uvloop is a dependency of the core wherever it builds (EVENT_LOOP=auto picks it)
+        assert lines[-1] == "storage: sqlite, event bus: memory, cache: memory, event loop: uvloop"
         url = f"http://127.0.0.1:{env['ORCHESTRATOR_PORT']}/agents/support/tasks"
         ids = []
         for number in range(20):

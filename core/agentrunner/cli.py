@@ -207,15 +207,17 @@ def plugins(obj: _Context, as_json: bool) -> None:
 @click.pass_obj
 def serve(obj: _Context, config_dir: str | None, services: tuple[str, ...]) -> None:
     """Run the platform: the HTTP services, the orchestrator and its workers."""
-    import asyncio
 
+    from agentrunner import eventloop
     from agentrunner.interfaces import BusUnavailable, StoreUnavailable
     from agentrunner.runtime import PlatformError
 
     platform = _platform(obj, config_dir)
     _setup_logging(platform.settings)
     try:
-        asyncio.run(_serve(platform, list(services) or None))
+        eventloop.run(_serve(platform, list(services) or None), platform.settings.event_loop)
+    except eventloop.EventLoopUnavailable as exc:
+        _fail_lines([f"✗ cannot start: {exc}"])
     except (StoreUnavailable, BusUnavailable, ConnectionError) as exc:  # a backend down at start
         _fail_lines([f"✗ cannot start: {exc}", "  (`agentrunner validate --connections` checks every backend)"])
     except PlatformError as exc:  # e.g. a TLS certificate that cannot be loaded
@@ -229,6 +231,7 @@ async def _serve(platform, services: list[str] | None) -> None:
     import logging
     import signal
 
+    from agentrunner import eventloop
     from agentrunner.logs import announce
     from agentrunner.web.server import start_services
 
@@ -249,8 +252,8 @@ async def _serve(platform, services: list[str] | None) -> None:
         announce(f"✗ {problem}", settings)
     for name, url in runner.urls:
         announce(f"{name} listening on {url}", settings)
-    announce(f"storage: {platform.store.name}, event bus: {platform.bus.name}, cache: {platform.cache.name}",
-             settings)
+    announce(f"storage: {platform.store.name}, event bus: {platform.bus.name}, cache: {platform.cache.name}, "
+             f"event loop: {eventloop.loop_name(settings.event_loop)}", settings)
     await stop.wait()
     grace = settings.shutdown_grace_period
     announce(f"stopping: no new tasks; waiting up to {grace:g} s for running executions", settings)
@@ -274,6 +277,12 @@ def worker(obj: _Context, config_dir: str | None, processes: int | None) -> None
                      "RABBITMQ_HOST (the in-memory bus keeps tasks inside one process; `agentrunner serve` "
                      "runs them there)"])
     _platform(obj, config_dir)  # refuses now, once, what every worker would refuse
+    from agentrunner import eventloop
+
+    try:
+        eventloop.loop_factory(settings.event_loop)
+    except eventloop.EventLoopUnavailable as exc:
+        _fail_lines([f"✗ cannot start: {exc}"])
     _setup_logging(settings)
     supervisor = Supervisor(settings, config_dir, processes or settings.worker_processes, click.echo)
     sys.exit(supervisor.run())
@@ -349,7 +358,6 @@ def maintenance(obj: _Context, execution_days: float, state_days: float, vacuum:
 @click.pass_obj
 def run(obj: _Context, agent: str, input: str, config_dir: str | None, data: str | None, stream: bool) -> None:
     """Run one execution of AGENT with INPUT in-process; print its result, exit 1 on failure."""
-    import asyncio
 
     try:
         task_data = json.loads(data) if data else {}
@@ -357,8 +365,13 @@ def run(obj: _Context, agent: str, input: str, config_dir: str | None, data: str
         _fail_lines([f"✗ --data: not valid JSON ({exc})"])
     if not isinstance(task_data, dict):
         _fail_lines(["✗ --data: must be a JSON object"])
+    from agentrunner import eventloop
+
     platform = _platform(obj, config_dir)
-    sys.exit(asyncio.run(_run(platform, agent, input, task_data, stream)))
+    try:
+        sys.exit(eventloop.run(_run(platform, agent, input, task_data, stream), platform.settings.event_loop))
+    except eventloop.EventLoopUnavailable as exc:
+        _fail_lines([f"✗ cannot start: {exc}"])
 
 
 async def _run(platform, agent: str, input: str, data: dict, stream: bool = False) -> int:

@@ -38,6 +38,8 @@ from urllib.parse import quote, unquote, urlsplit
 
 import attrs
 
+from agentrunner.eventloop import CHOICES as EVENT_LOOPS
+
 __all__ = [
     "DERIVED",
     "DIFFERS_FROM_REFERENCE",
@@ -675,6 +677,8 @@ class Settings:
     request_timeout: float = _perf(_SECONDS, 30.0, "HTTP request timeout in seconds")
     db_query_timeout: float = _perf(_SECONDS, 30.0, "query timeout in seconds (POSTGRES_STATEMENT_TIMEOUT wins)")
     cache_operation_timeout: float = _perf(_SECONDS, 5.0, "cache operation timeout in seconds")
+    event_loop: str = _perf(_Choice(EVENT_LOOPS), "auto",
+                            "event loop of serve, worker and run: auto (uvloop when installed), uvloop, asyncio")
     prometheus_enabled: bool = _perf(_Bool(), False, "serve Prometheus metrics")
     metrics_port: int = _perf(_PORT, 9090, "port of /metrics")
 

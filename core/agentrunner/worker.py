@@ -62,12 +62,14 @@ async def run_child(platform: Any, limit: int, announce: Callable[[str], Any]) -
 
 def _child_main(config_dir: str | None, limit: int) -> None:
     """The body of one child process (a fresh interpreter: ``spawn``)."""
+    from agentrunner import eventloop
     from agentrunner.cli import _Context, _platform, _setup_logging
 
     obj = _Context()
     platform = _platform(obj, config_dir, slots=obj.settings().worker_threads_per_process)
     _setup_logging(platform.settings)
-    sys.exit(asyncio.run(run_child(platform, limit, lambda line: print(line, flush=True))))
+    sys.exit(eventloop.run(run_child(platform, limit, lambda line: print(line, flush=True)),
+                           platform.settings.event_loop))
 
 
 class Supervisor:

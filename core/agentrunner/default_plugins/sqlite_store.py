@@ -340,6 +340,8 @@ class SQLiteStateStore:
     name = "sqlite"
     #: Most write operations applied in one transaction.
     max_batch = 256
+    #: a batch of fewer writes than this waits one more pass of the event loop for company
+    linger_below = 8
     #: Read connections (reads go round-robin over them).
     read_connections = 2
     #: How long a connection waits for another process's write lock (milliseconds).
@@ -567,6 +569,10 @@ class SQLiteStateStore:
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
+                if len(self._pending) < self.linger_below:
+                    # one more pass of the loop first: the writes of callbacks already scheduled join
+                    # this batch, so one thread round trip and one commit carry more of them
+                    await asyncio.sleep(0)
                 batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
                 await self._commit_batch(batch)
         except BaseException as exc:  # a bug or cancellation: nobody may wait forever
