@@ -37,10 +37,12 @@ def test_without_uvloop_auto_falls_back_and_uvloop_fails_with_the_fix(monkeypatc
 
     monkeypatch.setattr(builtins, "__import__", no_uvloop)
     assert eventloop.loop_factory("auto") is None
-    with pytest.raises(eventloop.EventLoopUnavailable, match=r"EVENT_LOOP=uvloop.*pip install uvloop.*EVENT_LOOP=asyncio"):
+    with pytest.raises(eventloop.EventLoopUnavailable,
+                       match=r"EVENT_LOOP=uvloop.*pip install uvloop.*EVENT_LOOP=asyncio"):
         eventloop.loop_factory("uvloop")
 
 
 def test_an_unknown_choice_names_the_variable():
-    with pytest.raises(eventloop.EventLoopUnavailable, match=r"EVENT_LOOP='trio' is not one of auto, uvloop, asyncio"):
+    with pytest.raises(eventloop.EventLoopUnavailable,
+                       match=r"EVENT_LOOP='trio' is not one of auto, uvloop, asyncio"):
         eventloop.loop_factory("trio")

@@ -277,3 +277,20 @@ async def test_a_cancelled_caller_does_not_break_its_batch(store):
     assert all(result[1] for index, result in enumerate(results) if index != 5)
     await store.health()
     assert await store.get_execution(executions[6].execution_id) is not None
+
+
+async def test_a_writer_thread_that_dies_fails_its_callers_and_health_instead_of_hanging(tmp_path):
+    store = await _started(tmp_path / "a.db")
+
+    def crash(batch):
+        raise SystemExit("a bug in the writer")  # not an Exception: the thread itself ends
+
+    store._apply_batch = crash
+    results = await asyncio.wait_for(asyncio.gather(
+        *(store.create_execution(make_execution("doomed")) for _ in range(5)), return_exceptions=True), 5)
+    assert all(isinstance(result, StoreUnavailable) for result in results), results
+    with pytest.raises(StoreUnavailable, match="writer"):
+        await store.health()
+    with pytest.raises(StoreUnavailable):
+        await store.create_execution(make_execution("later"))
+    await asyncio.wait_for(store.stop(), 5)  # and it still stops

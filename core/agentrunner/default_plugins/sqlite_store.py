@@ -7,8 +7,10 @@ The file (``SQLITE_PATH``, default ``agentrunner.db``) holds the same tables as
 on ``stop()`` (a temporary file, so that it behaves exactly like a real one).
 
 Writes never serialise the platform on one fsync each: they go to a single
-writer connection through a queue, and the writer task group-commits, applying
-whatever is queued (up to ``max_batch`` operations) in one transaction. Each
+writer connection through a queue, and the writer thread group-commits, applying
+whatever is queued (up to ``max_batch`` operations) in one transaction, batch
+after batch without waiting for the event loop in between (the loop only hears
+each batch's answers, in one callback). Each
 operation that writes more than once runs inside its own SAVEPOINT, so a failing
 operation fails only its own caller; a caller's await returns once its batch is
 committed, so an acknowledged write is durable. The database runs in WAL mode
@@ -34,8 +36,10 @@ import sqlite3
 import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -302,6 +306,10 @@ class _WriteOp:
     savepoint: bool
 
 
+#: tells the writer thread to end once nothing is queued
+_STOP = object()
+
+
 class _SyncConnection:
     """A plain sqlite3 connection behind the interface the write operations await.
 
@@ -340,8 +348,6 @@ class SQLiteStateStore:
     name = "sqlite"
     #: Most write operations applied in one transaction.
     max_batch = 256
-    #: a batch of fewer writes than this waits one more pass of the event loop for company
-    linger_below = 8
     #: Read connections (reads go round-robin over them).
     read_connections = 2
     #: How long a connection waits for another process's write lock (milliseconds).
@@ -355,9 +361,13 @@ class SQLiteStateStore:
         self._writer_thread: ThreadPoolExecutor | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._reader_cycle: itertools.cycle[aiosqlite.Connection] | None = None
+        #: queued writes: appended on the event loop, taken by the writer thread (deque is thread-safe)
         self._pending: deque[_WriteOp] = deque()
-        self._wakeup: asyncio.Event | None = None
-        self._writer_task: asyncio.Task[None] | None = None
+        #: wakes the writer thread when it sleeps (``_writer_idle``); _STOP ends it
+        self._wakeup: SimpleQueue[object] = SimpleQueue()
+        self._writer_idle = False
+        self._writer_job: ThreadFuture[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._broken: BaseException | None = None
         self.batches_committed = 0
@@ -403,21 +413,24 @@ class SQLiteStateStore:
         self._reader_cycle = itertools.cycle(self._readers)
         self._closing = False
         self._broken = None
-        self._wakeup = asyncio.Event()
-        self._writer_task = asyncio.create_task(self._run_writer(), name="agentrunner-sqlite-writer")
+        self._loop = asyncio.get_running_loop()
+        self._wakeup = SimpleQueue()
+        self._writer_idle = False
+        self._writer_job = self._writer_thread.submit(self._run_writer)
 
     async def stop(self) -> None:
         """Commit every write already queued, then close the connections."""
         if self._writer is None:
             return
         self._closing = True
-        task = self._writer_task
-        if task is not None:
-            assert self._wakeup is not None
-            self._wakeup.set()
-            await asyncio.wait([task])
-            if not task.cancelled() and task.exception() is not None:
-                log.error("the SQLite store's writer failed: %r", task.exception())
+        job = self._writer_job
+        if job is not None:
+            self._wakeup.put(_STOP)  # the writer commits what is queued, then ends
+            ended = asyncio.wrap_future(job)
+            await asyncio.wait([ended])
+            if not ended.cancelled() and ended.exception() is not None:
+                log.error("the SQLite store's writer failed: %r", ended.exception())
+            await asyncio.sleep(0)  # the answers of its last batches (call_soon_threadsafe) come first
         self._fail_pending(StoreUnavailable("the SQLite store was stopped"))
         await self._close_connections()
 
@@ -425,7 +438,7 @@ class SQLiteStateStore:
         """Raise ``StoreUnavailable`` unless the store is started and its database answers."""
         if self._writer is None or self._closing:
             raise StoreUnavailable("the SQLite store is not started")
-        if self._broken is not None or self._writer_task is None or self._writer_task.done():
+        if self._broken is not None or self._writer_job is None or self._writer_job.done():
             raise StoreUnavailable(f"the SQLite store's writer has stopped: {self._broken!r}")
         await self._read("SELECT 1")
 
@@ -538,7 +551,7 @@ class SQLiteStateStore:
         self._readers = []
         self._reader_cycle = None
         self._writer = None
-        self._writer_task = None
+        self._writer_job = None
         if self._tempdir is not None:
             await asyncio.to_thread(shutil.rmtree, self._tempdir, True)
             self._tempdir = None
@@ -547,11 +560,13 @@ class SQLiteStateStore:
 
     async def _write(self, fn: WriteFn, *, savepoint: bool = True) -> Any:
         """Queue one write operation; return its result once its batch is committed."""
-        if self._writer is None or self._closing or self._broken is not None or self._wakeup is None:
+        if self._writer_job is None or self._closing or self._broken is not None:
             raise StoreUnavailable("the SQLite store is not running")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = self._loop.create_future()
         self._pending.append(_WriteOp(fn, future, savepoint))
-        self._wakeup.set()
+        if self._writer_idle:
+            self._writer_idle = False
+            self._wakeup.put(None)
         try:
             return await future
         except Exception as exc:
@@ -559,41 +574,46 @@ class SQLiteStateStore:
                 raise _unavailable(exc) from exc
             raise
 
-    async def _run_writer(self) -> None:
-        assert self._wakeup is not None
+    def _run_writer(self) -> None:
+        """The writer thread: commit what is queued, batch after batch, without waiting for the event
+        loop in between (it only hears the answers); sleep when nothing is queued."""
+        pending, wakeup, loop = self._pending, self._wakeup, self._loop
+        assert loop is not None
+        stopping = False
+        batch: list[_WriteOp] = []
         try:
             while True:
-                if not self._pending:
-                    if self._closing:
+                if not pending:
+                    if stopping:
                         return
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
+                    # say "asleep" before the last look, so that a write queued in between wakes us
+                    self._writer_idle = True
+                    if not pending:
+                        stopping = wakeup.get() is _STOP
+                    self._writer_idle = False
                     continue
-                if len(self._pending) < self.linger_below:
-                    # one more pass of the loop first: the writes of callbacks already scheduled join
-                    # this batch, so one thread round trip and one commit carry more of them
-                    await asyncio.sleep(0)
-                batch = [self._pending.popleft() for _ in range(min(len(self._pending), self.max_batch))]
-                await self._commit_batch(batch)
-        except BaseException as exc:  # a bug or cancellation: nobody may wait forever
-            self._broken = exc
-            self._fail_pending(StoreUnavailable(f"the SQLite store's writer stopped: {exc!r}"))
+                batch = [pending.popleft() for _ in range(min(len(pending), self.max_batch))]
+                # a caller cancelled before its batch began never sees an answer: skip its write
+                batch = [op for op in batch if not op.future.done()]
+                if not batch:
+                    continue
+                try:
+                    outcomes: list[tuple[bool, Any]] | BaseException = self._apply_batch(batch)
+                except Exception as exc:  # nothing of this batch is committed: every caller learns it
+                    outcomes = exc
+                loop.call_soon_threadsafe(self._answer, batch, outcomes)
+                batch = []
+        except BaseException as exc:  # a bug: nobody may wait forever, the batch in hand included
+            with contextlib.suppress(RuntimeError):  # (a loop already closed has nobody waiting)
+                loop.call_soon_threadsafe(self._writer_stopped, exc, batch)
             raise
 
-    async def _commit_batch(self, batch: list[_WriteOp]) -> None:
-        # A caller cancelled before its batch began never sees an answer: skip its write.
-        batch = [op for op in batch if not op.future.done()]
-        if not batch:
-            return
-        try:
-            outcomes = await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._apply_batch,
-                                                                        batch)
-        except BaseException as exc:  # nothing of this batch is committed: every caller learns it
+    def _answer(self, batch: list[_WriteOp], outcomes: list[tuple[bool, Any]] | BaseException) -> None:
+        """On the event loop: give each caller of a batch its result."""
+        if isinstance(outcomes, BaseException):
             for op in batch:
                 if not op.future.done():
-                    op.future.set_exception(_unavailable(exc))
-            if not isinstance(exc, Exception):
-                raise
+                    op.future.set_exception(_unavailable(outcomes))
             return
         self.batches_committed += 1
         self.writes_committed += sum(ok for ok, _ in outcomes)
@@ -604,6 +624,11 @@ class SQLiteStateStore:
                 op.future.set_result(value)
             else:
                 op.future.set_exception(value)
+
+    def _writer_stopped(self, exc: BaseException, batch: list[_WriteOp]) -> None:
+        self._broken = exc
+        self._pending.extendleft(reversed(batch))
+        self._fail_pending(StoreUnavailable(f"the SQLite store's writer stopped: {exc!r}"))
 
     def _apply_batch(self, batch: list[_WriteOp]) -> list[tuple[bool, Any]]:
         """In the writer thread: one transaction for the whole batch."""
