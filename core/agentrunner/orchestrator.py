@@ -889,11 +889,16 @@ class Orchestrator:
         self.metrics.execution_ended(execution.agent_name, status,
                                      (fields["completed_at"] - started).total_seconds() if started else None)
         self._wake(execution)
-        await self._notify_submitter(execution.execution_id, status, execution)
         routing_key = "agent.execution.completed" if status == "completed" else "agent.execution.failed"
         payload = {"execution_id": execution.execution_id, "agent_name": execution.agent_name, "status": status,
                    "result": result, "error_message": error, "trace_id": execution.trace_id}
-        await self.bus.publish(routing_key, payload, self.event_headers(execution))
+        event = self.bus.publish(routing_key, payload, self.event_headers(execution))
+        reply_to = self._reply_to.get(execution.execution_id)
+        if reply_to and reply_to != self.process_id:
+            # the submitter's notice and the event go out together: one broker round trip, not two
+            await asyncio.gather(self._notify_submitter(execution.execution_id, status, execution), event)
+        else:
+            await event
         return True
 
     # --- events -----------------------------------------------------------------
