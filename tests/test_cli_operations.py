@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
+import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
 
@@ -109,3 +111,33 @@ async def test_a_worker_child_drains_and_exits_after_its_limit(tmp_path):
         await store.stop()
     assert lines[0].endswith("consuming (8 at once, replaced after 5 tasks)")
     assert lines[1].endswith("handled 5 tasks; draining to be replaced")
+
+
+def test_worker_children_start_from_a_fork_server_with_the_platform_modules_preloaded(tmp_path):
+    import subprocess
+
+    # what `agentrunner worker` does before it starts children: build the platform once (to check the
+    # configuration), then list what the fork server is to import
+    code = ("from agentrunner.cli import _Context, _platform\n"
+            "from agentrunner.worker import _context, preload_modules\n"
+            f"_platform(_Context(), {str(tmp_path)!r})\n"
+            "modules = preload_modules()\n"
+            "print(_context().get_start_method())\n"
+            "print(' '.join(modules))\n")
+    (tmp_path / "agents").mkdir()
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "CONFIG_HOT_RELOAD": "false"})
+    assert result.returncode == 0, result.stderr
+    method, modules = result.stdout.splitlines()
+    modules = modules.split()
+    assert method == "forkserver"
+    # agentrunner itself, the default plugins and the libraries it requires; nothing of the test run
+    assert {"agentrunner.orchestrator", "agentrunner.runtime", "aiohttp", "pluggy"} <= set(modules)
+    assert not [name for name in modules if any(part.startswith("_") for part in name.split("."))]
+    # and in this process, where pytest, hypothesis and the test modules are loaded too, only ours are chosen
+    from agentrunner.worker import preload_modules
+
+    here = preload_modules()
+    assert "agentrunner.orchestrator" in here
+    assert not [name for name in here if name.split(".")[0] in ("pytest", "_pytest", "hypothesis", "conftest",
+                                                                "test_cli", "test_cli_operations")]

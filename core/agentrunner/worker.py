@@ -8,6 +8,10 @@ not all restart together) drains and exits, and the supervisor starts a new one;
 so does a child that dies. SIGTERM stops intake everywhere and lets running
 executions finish within ``SHUTDOWN_GRACE_PERIOD``. A task in flight when a child
 dies is delivered again by the bus, so replacing children never loses a task.
+
+Children are forked from a fork server that has imported, once, the modules a child needs (see
+``preload_modules``), so a replacement starts in a fraction of a second instead of re-importing
+aiohttp, aio-pika and the plugins; where there is no fork server, each child is a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -61,7 +66,7 @@ async def run_child(platform: Any, limit: int, announce: Callable[[str], Any]) -
 
 
 def _child_main(config_dir: str | None, limit: int) -> None:
-    """The body of one child process (a fresh interpreter: ``spawn``)."""
+    """The body of one child process (forked from the fork server, or a fresh interpreter: ``spawn``)."""
     from agentrunner import eventloop
     from agentrunner.cli import _Context, _platform, _setup_logging
 
@@ -70,6 +75,50 @@ def _child_main(config_dir: str | None, limit: int) -> None:
     _setup_logging(platform.settings)
     sys.exit(eventloop.run(run_child(platform, limit, lambda line: print(line, flush=True)),
                            platform.settings.event_loop))
+
+
+def preload_modules() -> list[str]:
+    """The modules a child needs that this process has already imported, in import order: those of
+    agentrunner, of its plugins and of the libraries they require (the supervisor built the platform
+    once to check the configuration, so its backends' client libraries are among them).
+
+    The fork server imports them once and forks every child from there, so a child (and each
+    replacement, every ``WORKER_MAX_REQUESTS`` tasks) starts without a second of imports.
+    """
+    from importlib import metadata
+
+    wanted = {"agentrunner"} | {entry.dist.name for entry in metadata.entry_points(group="agentrunner")
+                                 if entry.dist is not None}
+    seen: set[str] = set()
+    while wanted:  # the distributions and, recursively, what they require
+        name = _normalise(wanted.pop())
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        wanted.update(re.split(r"[\s\[;<>=!~(]", requirement, maxsplit=1)[0] for requirement in requires
+                      if "extra ==" not in requirement)
+    tops = {top for top, dists in metadata.packages_distributions().items()
+            if any(_normalise(dist) in seen for dist in dists)}
+    return [name for name, module in list(sys.modules.items())
+            if name.split(".", 1)[0] in tops and getattr(module, "__file__", None)
+            and not any(part.startswith("_") for part in name.split("."))]
+
+
+def _normalise(distribution: str) -> str:
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def _context() -> Any:
+    """``forkserver`` with the modules preloaded where there is one (Linux, macOS), else ``spawn``."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(preload_modules())
+    return context
 
 
 class Supervisor:
@@ -83,7 +132,7 @@ class Supervisor:
         self.announce = announce
         self.stopping = False
         self.replaced = 0
-        self._context = multiprocessing.get_context("spawn")
+        self._context = _context()
         self._children: dict[int, tuple[Any, float]] = {}  # slot → (process, started at)
 
     def _start(self, slot: int) -> None:
