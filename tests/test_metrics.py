@@ -57,3 +57,23 @@ async def test_metrics_are_served_and_count_tasks_tokens_tools_and_requests(tmp_
     assert found[("agentrunner_http_requests_total", (("service", "AgentOrchestrator"), ("status", "404")))] == 1
     assert found[("agentrunner_queue_depth", (("queue", "agentrunner.tasks.autonomous"),))] == 0
     assert found[("agentrunner_dlq_size", ())] == 0
+
+
+def test_duration_buckets_count_a_value_on_a_bound_in_that_bucket_and_are_cumulative():
+    from agentrunner.metrics import Metrics
+
+    metrics = Metrics()
+    for seconds in (0.005, 0.0051, 0.3, 700.0):
+        metrics.execution_ended("timed", "completed", seconds)
+    found = samples(metrics.exposition().decode())
+
+    def bucket(le: str) -> float:
+        return found[("agentrunner_execution_duration_seconds_bucket", (("agent", "timed"), ("le", le)))]
+
+    assert bucket("0.005") == 1  # le: less than or equal
+    assert bucket("0.01") == 2
+    assert bucket("0.25") == 2 and bucket("0.5") == 3
+    assert bucket("600.0") == 3 and bucket("+Inf") == 4
+    assert found[("agentrunner_execution_duration_seconds_count", (("agent", "timed"),))] == 4
+    assert abs(found[("agentrunner_execution_duration_seconds_sum", (("agent", "timed"),))] - 700.3101) < 1e-9
+    assert found[("agentrunner_executions_total", (("agent", "timed"), ("status", "completed")))] == 4

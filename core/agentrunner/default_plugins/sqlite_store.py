@@ -207,9 +207,39 @@ _EXISTING_EXECUTION = ("SELECT * FROM execution_history WHERE (agent_name = ? AN
                        "OR execution_id = ? ORDER BY (agent_name = ? AND idempotency_key = ?) DESC LIMIT 1")
 
 
-def _execution_value(field: str, value: Any) -> Any:
-    encode = _EXECUTION_ENCODERS.get(field)
-    return value if encode is None else encode(value)
+#: UPDATE statements of execution_history by shape (the same few shapes come again and again)
+_UPDATES: dict[tuple[tuple[str, ...], tuple[str, ...] | None], _UpdateStatement] = {}
+UPDATE_SHAPES_KEPT = 256
+
+
+class _UpdateStatement:
+    """``UPDATE execution_history`` for one set of fields and expected statuses: the SQL, made once,
+    and how a call's values become its parameters."""
+
+    def __init__(self, fields: tuple[str, ...], expect_status: tuple[str, ...] | None) -> None:
+        assignments = [f"{field} = ?" for field in fields]
+        self._encoders = [(field, _EXECUTION_ENCODERS.get(field)) for field in fields]
+        #: the new start or end times that duration_seconds is computed from
+        self._times = [field for field in ("completed_at", "started_at") if field in fields]
+        if self._times:
+            # duration_seconds mirrors the reference's column; SET sees the old values, so pass the new ones
+            ends = ["julianday(?)" if field in fields else f"julianday({field})"
+                    for field in ("completed_at", "started_at")]
+            assignments.append(f"duration_seconds = round(({ends[0]} - {ends[1]}) * 86400.0, 6)")
+        if not assignments:
+            assignments.append("execution_id = execution_id")
+        sql = f"UPDATE execution_history SET {', '.join(assignments)} WHERE execution_id = ?"
+        self._statuses = list(expect_status or ())
+        if expect_status is not None:
+            sql += f" AND status IN ({', '.join('?' * len(expect_status))})"
+        self.sql = sql + " RETURNING 1"
+
+    def params(self, execution_id: str, fields: dict[str, Any]) -> list[Any]:
+        params = [fields[field] if encode is None else encode(fields[field]) for field, encode in self._encoders]
+        params.extend(_ts(fields[field]) for field in self._times)
+        params.append(execution_id)
+        params.extend(self._statuses)
+        return params
 
 
 def _execution_from_row(row: sqlite3.Row) -> Execution:
@@ -716,32 +746,18 @@ class SQLiteStateStore:
         Returns whether the execution was updated. An unknown field is a ``TypeError``."""
         if isinstance(expect_status, str):
             expect_status = [expect_status]
-        unknown = set(fields) - _EXECUTION_UPDATABLE
-        if unknown:
-            raise TypeError(f"update_execution() got unknown execution field(s): {', '.join(sorted(unknown))}")
-        assignments = [f"{field} = ?" for field in fields]
-        params: list[Any] = [_execution_value(field, value) for field, value in fields.items()]
-        if "started_at" in fields or "completed_at" in fields:
-            # duration_seconds mirrors the reference's column; SET sees the old values, so pass the new ones.
-            ends = []
-            for field in ("completed_at", "started_at"):
-                if field in fields:
-                    ends.append("julianday(?)")
-                    params.append(_ts(fields[field]))
-                else:
-                    ends.append(f"julianday({field})")
-            assignments.append(f"duration_seconds = round(({ends[0]} - {ends[1]}) * 86400.0, 6)")
-        if not assignments:
-            assignments.append("execution_id = execution_id")
-        sql = f"UPDATE execution_history SET {', '.join(assignments)} WHERE execution_id = ?"
-        params.append(execution_id)
-        if expect_status is not None:
-            statuses = list(expect_status)
-            if not statuses:
-                return False
-            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
-            params.extend(statuses)
-        sql += " RETURNING 1"
+        if expect_status is not None and not expect_status:
+            return False
+        shape = (tuple(fields), None if expect_status is None else tuple(expect_status))
+        statement = _UPDATES.get(shape)
+        if statement is None:
+            unknown = set(fields) - _EXECUTION_UPDATABLE
+            if unknown:
+                raise TypeError(f"update_execution() got unknown execution field(s): {', '.join(sorted(unknown))}")
+            if len(_UPDATES) >= UPDATE_SHAPES_KEPT:
+                _UPDATES.clear()
+            statement = _UPDATES[shape] = _UpdateStatement(*shape)
+        sql, params = statement.sql, statement.params(execution_id, fields)
 
         async def op(conn: aiosqlite.Connection) -> bool:
             return bool(await conn.execute_fetchall(sql, params))
