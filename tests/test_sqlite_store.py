@@ -294,3 +294,4 @@ async def test_a_writer_thread_that_dies_fails_its_callers_and_health_instead_of
     with pytest.raises(StoreUnavailable):
         await store.create_execution(make_execution("later"))
     await asyncio.wait_for(store.stop(), 5)  # and it still stops
+

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -93,9 +94,27 @@ class ToolOpenError(Exception):
     """A tool entry could not be made ready (e.g. its MCP server is down); the task may be retried."""
 
 
-def _answer_none(future: asyncio.Future) -> None:
+def _answer_none(future: asyncio.Future, *_: Any) -> None:
     if not future.done():
         future.set_result(None)
+
+
+async def _ended_within(task: asyncio.Future, seconds: float) -> bool:
+    """Whether ``task`` has ended ``seconds`` from now at the latest (it is left running if not).
+
+    What ``asyncio.wait({task}, timeout=seconds)`` does for one task, with a future, a callback and a
+    timer instead of sets and a callback per waited-for task (this runs once per execution).
+    """
+    if task.done():
+        return True
+    waiter = asyncio.get_running_loop().create_future()
+    task.add_done_callback(functools.partial(_answer_none, waiter))
+    timer = asyncio.get_running_loop().call_later(seconds, _answer_none, waiter)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+    return task.done()
 
 
 class RegistrationTimeout(Exception):
@@ -808,12 +827,10 @@ class Orchestrator:
         inner = asyncio.ensure_future(mode.execute(ctx))
         self._running[execution_id] = inner
         try:
-            done, _ = await asyncio.wait({inner}, timeout=soft)
-            if done:
+            if await _ended_within(inner, soft):
                 return inner.result()
             inner.cancel()  # the soft limit: the mode sees CancelledError and may clean up
-            done, _ = await asyncio.wait({inner}, timeout=max(0.0, hard - soft))
-            if not done:
+            if not await _ended_within(inner, max(0.0, hard - soft)):
                 log.error("execution %s ignored cancellation; abandoned at the hard time limit", execution_id,
                           extra=ctx._log_extra())
             raise TimeoutError

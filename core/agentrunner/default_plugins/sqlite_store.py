@@ -199,6 +199,7 @@ _EXECUTION_ENCODERS: dict[str, Callable[[Any], Any]] = {
 #: the encoder of each field of an Execution, in attrs order (None: as it is)
 _INSERT_ENCODERS = tuple(_EXECUTION_ENCODERS.get(field) for field in _EXECUTION_FIELDS)
 _execution_values = operator.attrgetter(*_EXECUTION_FIELDS)
+_INPUT_AT, _DATA_AT = _EXECUTION_FIELDS.index("input"), _EXECUTION_FIELDS.index("data")
 _INSERT_EXECUTION = (f"INSERT INTO execution_history ({', '.join([*_EXECUTION_FIELDS, 'duration_seconds'])}) "
                      f"VALUES ({', '.join('?' * (len(_EXECUTION_FIELDS) + 1))}) "
                      "ON CONFLICT DO NOTHING RETURNING execution_id")
@@ -206,6 +207,14 @@ _INSERT_EXECUTION = (f"INSERT INTO execution_history ({', '.join([*_EXECUTION_FI
 _EXISTING_EXECUTION = ("SELECT * FROM execution_history WHERE (agent_name = ? AND idempotency_key = ?) "
                        "OR execution_id = ? ORDER BY (agent_name = ? AND idempotency_key = ?) DESC LIMIT 1")
 
+
+_CLAIM = ("UPDATE execution_history SET status = 'running', started_at = ?, error_message = NULL, "
+          "attempts = attempts + 1, duration_seconds = NULL "
+          "WHERE execution_id = ? AND status IN ('queued', 'running') ")
+_CLAIM_RETURNING_ROW = _CLAIM + "RETURNING *"
+_CLAIM_RETURNING_ATTEMPTS = _CLAIM + "RETURNING attempts"
+#: executions inserted and not yet claimed that the store remembers (see claim_execution)
+INSERTED_KEPT = 4096
 
 #: UPDATE statements of execution_history by shape (the same few shapes come again and again)
 _UPDATES: dict[tuple[tuple[str, ...], tuple[str, ...] | None], _UpdateStatement] = {}
@@ -325,15 +334,19 @@ def _is_outage(exc: BaseException) -> bool:
 # --- The writer queue --------------------------------------------------------------------
 
 WriteFn = Callable[["aiosqlite.Connection"], Awaitable[Any]]
+#: a write of the task path, as a plain function of the writer's sqlite3 connection (no coroutine to drive)
+SyncWriteFn = Callable[[sqlite3.Connection], Any]
 
 
 @attrs.define
 class _WriteOp:
-    fn: WriteFn
+    fn: WriteFn | SyncWriteFn
     future: asyncio.Future[Any]
     #: False when the operation's only write is its last statement: SQLite undoes a failed
     #: statement by itself, so the SAVEPOINT round trips are not needed.
     savepoint: bool
+    #: ``fn`` is a plain function of the sqlite3 connection rather than a coroutine function
+    sync: bool = False
 
 
 #: tells the writer thread to end once nothing is queued
@@ -398,6 +411,9 @@ class SQLiteStateStore:
         self._writer_idle = False
         self._writer_job: ThreadFuture[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: execution id → (the execution as inserted, its input and data as stored), until its first
+        #: claim (oldest first)
+        self._inserted: dict[str, tuple[Execution, str | None, str | None]] = {}
         self._closing = False
         self._broken: BaseException | None = None
         self.batches_committed = 0
@@ -453,6 +469,7 @@ class SQLiteStateStore:
         if self._writer is None:
             return
         self._closing = True
+        self._inserted.clear()  # another process may change the file while this store is stopped
         job = self._writer_job
         if job is not None:
             self._wakeup.put(_STOP)  # the writer commits what is queued, then ends
@@ -588,12 +605,12 @@ class SQLiteStateStore:
 
     # --- the writer ---------------------------------------------------------------------
 
-    async def _write(self, fn: WriteFn, *, savepoint: bool = True) -> Any:
+    async def _write(self, fn: WriteFn | SyncWriteFn, *, savepoint: bool = True, sync: bool = False) -> Any:
         """Queue one write operation; return its result once its batch is committed."""
         if self._writer_job is None or self._closing or self._broken is not None:
             raise StoreUnavailable("the SQLite store is not running")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append(_WriteOp(fn, future, savepoint))
+        self._pending.append(_WriteOp(fn, future, savepoint, sync))
         if self._writer_idle:
             self._writer_idle = False
             self._wakeup.put(None)
@@ -681,7 +698,7 @@ class SQLiteStateStore:
         if op.savepoint:
             conn.execute("SAVEPOINT op")
         try:
-            value = _drive(op.fn(adapter))
+            value = op.fn(conn) if op.sync else _drive(op.fn(adapter))
         except Exception as exc:
             if op.savepoint:
                 # Raises (failing the whole batch) if SQLite already rolled the transaction back.
@@ -724,15 +741,21 @@ class SQLiteStateStore:
         insert, existing = _INSERT_EXECUTION, _EXISTING_EXECUTION
         key = execution.idempotency_key
 
-        async def op(conn: aiosqlite.Connection) -> sqlite3.Row | None:
-            if await conn.execute_fetchall(insert, values):
+        def op(conn: sqlite3.Connection) -> sqlite3.Row | None:
+            if conn.execute(insert, values).fetchall():
                 return None
-            rows = await conn.execute_fetchall(
-                existing, (execution.agent_name, key, execution.execution_id, execution.agent_name, key))
+            rows = conn.execute(
+                existing, (execution.agent_name, key, execution.execution_id, execution.agent_name, key)).fetchall()
             return next(iter(rows), None)
 
-        row = await self._write(op, savepoint=False)
+        row = await self._write(op, savepoint=False, sync=True)
         if row is None:
+            # its first claim (usually a moment later, in this process) need not read it back
+            inserted = self._inserted
+            if len(inserted) >= INSERTED_KEPT:
+                del inserted[next(iter(inserted))]
+            # input and data as they were stored (JSON), so that the claim returns exactly what a read would
+            inserted[execution.execution_id] = (execution, values[_INPUT_AT], values[_DATA_AT])
             return execution, True
         return _execution_from_row(row), False
 
@@ -759,23 +782,35 @@ class SQLiteStateStore:
             statement = _UPDATES[shape] = _UpdateStatement(*shape)
         sql, params = statement.sql, statement.params(execution_id, fields)
 
-        async def op(conn: aiosqlite.Connection) -> bool:
-            return bool(await conn.execute_fetchall(sql, params))
+        def op(conn: sqlite3.Connection) -> bool:
+            return bool(conn.execute(sql, params).fetchall())
 
-        return await self._write(op, savepoint=False)
+        return await self._write(op, savepoint=False, sync=True)
 
     async def claim_execution(self, execution_id: str, started_at: datetime) -> Execution | None:
-        """Start an attempt (``queued``/``running`` → ``running``, attempts + 1) and return the execution."""
-        sql = ("UPDATE execution_history SET status = 'running', started_at = ?, error_message = NULL, "
-               "attempts = attempts + 1, duration_seconds = NULL "
-               "WHERE execution_id = ? AND status IN ('queued', 'running') RETURNING *")
+        """Start an attempt (``queued``/``running`` → ``running``, attempts + 1) and return the execution.
 
-        async def op(conn: aiosqlite.Connection) -> Any:
-            rows = await conn.execute_fetchall(sql, (_ts(started_at), execution_id))
+        The first claim of an execution this store inserted reads back only ``attempts``: until its
+        first claim nothing but a cancellation (which the claim sees) changes an execution, so the
+        row is the inserted execution with the claim's changes."""
+        started = _ts(started_at)
+        inserted = self._inserted.pop(execution_id, None)
+        sql = _CLAIM_RETURNING_ATTEMPTS if inserted is not None else _CLAIM_RETURNING_ROW
+        params = (started, execution_id)
+
+        def op(conn: sqlite3.Connection) -> Any:
+            rows = conn.execute(sql, params).fetchall()
             return rows[0] if rows else None
 
-        row = await self._write(op, savepoint=False)
-        return _execution_from_row(row) if row is not None else None
+        row = await self._write(op, savepoint=False, sync=True)
+        if row is None:
+            return None
+        if inserted is None:
+            return _execution_from_row(row)
+        execution, input_text, data_text = inserted
+        return attrs.evolve(execution, status="running", started_at=_dt(started), error_message=None,
+                            attempts=row[0], input=_load(input_text),
+                            data=_load_dict(data_text))
 
     async def list_executions(self, *, agent_name: str | None = None, status: str | None = None,
                               limit: int = 50, cursor: str | None = None) -> tuple[list[Execution], str | None]:

@@ -264,6 +264,21 @@ class StateStoreContract:
         assert claimed.duration_seconds is None
         assert await store.get_execution(execution.execution_id) == expected
 
+    @pytest.mark.parametrize("started", [datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+                                         datetime(2026, 1, 2, 3, 4, 5, 678901)])  # naive means UTC
+    async def test_a_claim_returns_exactly_what_a_read_returns(self, store: Any, started: datetime) -> None:
+        # a store may answer a first claim without reading the row back: it must still be the row,
+        # values normalised by their JSON round trip included (a tuple comes back as a list)
+        execution = make_execution(_name(), input=("a", {"pair": (1, 2)}), data={"n": 1})
+        await store.create_execution(execution)
+        claimed = await store.claim_execution(execution.execution_id, started)
+        assert claimed == await store.get_execution(execution.execution_id)
+        assert (claimed.status, claimed.attempts, claimed.input) == ("running", 1, ["a", {"pair": [1, 2]}])
+        claimed.data["n"] = 2  # the caller's copy: changing it changes nothing stored
+        again = await store.claim_execution(execution.execution_id, started)  # a redelivery
+        assert again == await store.get_execution(execution.execution_id)
+        assert (again.attempts, again.data) == (2, {"n": 1})
+
     async def test_claiming_a_running_execution_starts_the_next_attempt(self, store: Any) -> None:
         # a crashed (or redelivered) attempt left it running: the next claim starts attempt 2
         execution = make_execution(_name())
