@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import threading
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -279,13 +280,13 @@ async def test_a_cancelled_caller_does_not_break_its_batch(store):
     assert await store.get_execution(executions[6].execution_id) is not None
 
 
-async def test_a_writer_thread_that_dies_fails_its_callers_and_health_instead_of_hanging(tmp_path):
+async def test_a_writer_that_dies_fails_its_callers_and_health_instead_of_hanging(tmp_path):
     store = await _started(tmp_path / "a.db")
 
-    def crash(batch):
-        raise SystemExit("a bug in the writer")  # not an Exception: the thread itself ends
+    def crash(batch, outcomes):
+        raise RuntimeError("a bug in the writer")
 
-    store._apply_batch = crash
+    store._answer = crash
     results = await asyncio.wait_for(asyncio.gather(
         *(store.create_execution(make_execution("doomed")) for _ in range(5)), return_exceptions=True), 5)
     assert all(isinstance(result, StoreUnavailable) for result in results), results
@@ -294,4 +295,37 @@ async def test_a_writer_thread_that_dies_fails_its_callers_and_health_instead_of
     with pytest.raises(StoreUnavailable):
         await store.create_execution(make_execution("later"))
     await asyncio.wait_for(store.stop(), 5)  # and it still stops
+
+
+async def test_the_wal_is_checkpointed_off_the_event_loop_and_maintenance_runs_in_the_writer_thread(tmp_path):
+    path = tmp_path / "a.db"
+    store = await _started(path)
+    store.checkpoint_every = 4
+    try:
+        for _ in range(3):
+            await asyncio.gather(*(store.create_execution(make_execution("many")) for _ in range(20)))
+            for _ in range(4):
+                await store.create_execution(make_execution("many"))
+        for _ in range(50):
+            if store.checkpoints:
+                break
+            await asyncio.sleep(0.02)
+        assert store.batches_committed >= 8
+        assert store.checkpoints >= 1  # the writer thread copied the WAL into the database
+        loop_thread = threading.get_ident()
+        threads = []
+        original = store._apply_batch
+
+        def spy(batch):
+            threads.append(threading.get_ident())
+            return original(batch)
+
+        store._apply_batch = spy
+        await store.create_execution(make_execution("light"))
+        await store.maintenance(execution_days=1, state_days=1, vacuum=False)
+        assert threads[0] == loop_thread  # a task-path write commits on the event loop
+        assert threads[-1] != loop_thread  # the maintenance's deletes in the writer thread
+    finally:
+        await store.stop()
+    assert not path.with_name(path.name + "-wal").exists()  # closing checkpointed the rest
 

@@ -7,17 +7,23 @@ The file (``SQLITE_PATH``, default ``agentrunner.db``) holds the same tables as
 on ``stop()`` (a temporary file, so that it behaves exactly like a real one).
 
 Writes never serialise the platform on one fsync each: they go to a single
-writer connection through a queue, and the writer thread group-commits, applying
-whatever is queued (up to ``max_batch`` operations) in one transaction, batch
-after batch without waiting for the event loop in between (the loop only hears
-each batch's answers, in one callback). Each
+writer connection through a queue, and a writer task group-commits, applying
+whatever is queued (up to ``max_batch`` operations) in one transaction. Each
 operation that writes more than once runs inside its own SAVEPOINT, so a failing
 operation fails only its own caller; a caller's await returns once its batch is
 committed, so an acknowledged write is durable. The database runs in WAL mode
 with ``synchronous=NORMAL``: a commit survives the process being killed (not
 necessarily a power cut), and reads, on separate connections, never wait for
-the writer. aiosqlite runs each connection in its own thread, so no disk I/O
-happens on the event loop.
+the writer.
+
+Where the work happens: a commit in WAL mode only appends a few pages to the
+WAL file (a write into the page cache, no fsync), so the task path's batches
+run on the event loop itself, each a few hundred microseconds for a few dozen
+writes; handing them to a thread cost more (thread wake-ups and the GIL going
+back and forth) than the work. What may take long runs in the writer thread:
+checkpoints (copying the WAL into the database, with its fsync), every
+``checkpoint_every`` batches, and ``heavy`` operations such as the maintenance's
+deletes. Reads run in aiosqlite's threads.
 """
 
 from __future__ import annotations
@@ -36,10 +42,8 @@ import sqlite3
 import tempfile
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Future as ThreadFuture
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -347,10 +351,8 @@ class _WriteOp:
     savepoint: bool
     #: ``fn`` is a plain function of the sqlite3 connection rather than a coroutine function
     sync: bool = False
-
-
-#: tells the writer thread to end once nothing is queued
-_STOP = object()
+    #: the batch runs in the writer thread rather than on the event loop
+    heavy: bool = False
 
 
 class _SyncConnection:
@@ -385,12 +387,15 @@ def _drive(coroutine: Any) -> Any:
 class SQLiteStateStore:
     """The embedded state store (``STATE_BACKEND=sqlite``), see the module docstring.
 
-    ``batches_committed`` and ``writes_committed`` count the writer's work.
+    ``batches_committed``, ``writes_committed`` and ``checkpoints`` count the writer's work.
     """
 
     name = "sqlite"
     #: Most write operations applied in one transaction.
     max_batch = 256
+    #: batches between two checkpoints of the WAL (each commit adds a few pages; SQLite's own
+    #: automatic checkpoint, off here, would come every 1,000 pages)
+    checkpoint_every = 128
     #: Read connections (reads go round-robin over them).
     read_connections = 2
     #: How long a connection waits for another process's write lock (milliseconds).
@@ -406,10 +411,10 @@ class SQLiteStateStore:
         self._reader_cycle: itertools.cycle[aiosqlite.Connection] | None = None
         #: queued writes: appended on the event loop, taken by the writer thread (deque is thread-safe)
         self._pending: deque[_WriteOp] = deque()
-        #: wakes the writer thread when it sleeps (``_writer_idle``); _STOP ends it
-        self._wakeup: SimpleQueue[object] = SimpleQueue()
-        self._writer_idle = False
-        self._writer_job: ThreadFuture[None] | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._checkpointer: sqlite3.Connection | None = None  # the writer thread's, for checkpoints
+        self._checkpointing: asyncio.Future[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: execution id → (the execution as inserted, its input and data as stored), until its first
         #: claim (oldest first)
@@ -417,6 +422,7 @@ class SQLiteStateStore:
         self._closing = False
         self._broken: BaseException | None = None
         self.batches_committed = 0
+        self.checkpoints = 0
         self.writes_committed = 0
         self.applied_migrations: list[str] = []
 
@@ -447,6 +453,8 @@ class SQLiteStateStore:
             self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="agentrunner-sqlite-writer")
             self._batch_connection = await asyncio.get_running_loop().run_in_executor(
                 self._writer_thread, self._connect_batch_writer, path)
+            self._checkpointer = await asyncio.get_running_loop().run_in_executor(
+                self._writer_thread, self._connect_batch_writer, path)
             for _ in range(max(1, self.read_connections)):
                 reader = await self._connect(aiosqlite, path)
                 await reader.execute_fetchall("PRAGMA query_only=ON")
@@ -460,9 +468,8 @@ class SQLiteStateStore:
         self._closing = False
         self._broken = None
         self._loop = asyncio.get_running_loop()
-        self._wakeup = SimpleQueue()
-        self._writer_idle = False
-        self._writer_job = self._writer_thread.submit(self._run_writer)
+        self._wakeup = asyncio.Event()
+        self._writer_task = asyncio.create_task(self._run_writer(), name="agentrunner-sqlite-writer")
 
     async def stop(self) -> None:
         """Commit every write already queued, then close the connections."""
@@ -470,14 +477,15 @@ class SQLiteStateStore:
             return
         self._closing = True
         self._inserted.clear()  # another process may change the file while this store is stopped
-        job = self._writer_job
-        if job is not None:
-            self._wakeup.put(_STOP)  # the writer commits what is queued, then ends
-            ended = asyncio.wrap_future(job)
-            await asyncio.wait([ended])
-            if not ended.cancelled() and ended.exception() is not None:
-                log.error("the SQLite store's writer failed: %r", ended.exception())
-            await asyncio.sleep(0)  # the answers of its last batches (call_soon_threadsafe) come first
+        task = self._writer_task
+        if task is not None:
+            assert self._wakeup is not None
+            self._wakeup.set()  # the writer commits what is queued, then ends
+            await asyncio.wait([task])
+            if not task.cancelled() and task.exception() is not None:
+                log.error("the SQLite store's writer failed: %r", task.exception())
+        if self._checkpointing is not None:
+            await asyncio.wait([self._checkpointing])
         self._fail_pending(StoreUnavailable("the SQLite store was stopped"))
         await self._close_connections()
 
@@ -485,7 +493,7 @@ class SQLiteStateStore:
         """Raise ``StoreUnavailable`` unless the store is started and its database answers."""
         if self._writer is None or self._closing:
             raise StoreUnavailable("the SQLite store is not started")
-        if self._broken is not None or self._writer_job is None or self._writer_job.done():
+        if self._broken is not None or self._writer_task is None or self._writer_task.done():
             raise StoreUnavailable(f"the SQLite store's writer has stopped: {self._broken!r}")
         await self._read("SELECT 1")
 
@@ -495,6 +503,9 @@ class SQLiteStateStore:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA synchronous=NORMAL")
+        # commits only append to the WAL; copying it into the database (and its fsync) is the writer
+        # thread's job (_checkpoint), off the event loop
+        conn.execute("PRAGMA wal_autocheckpoint=0")
         return conn
 
     async def _connect(self, aiosqlite: Any, path: str) -> aiosqlite.Connection:
@@ -548,7 +559,7 @@ class SQLiteStateStore:
                 states = (await conn.execute_fetchall("SELECT changes()"))[0][0]
                 return {"executions_deleted": executions, "states_deleted": states}
 
-            counts = await self._write(delete, savepoint=False)
+            counts = await self._write(delete, savepoint=False, heavy=True)
             if progress is not None:
                 progress(f"deleted {counts['executions_deleted']} executions older than {execution_days:g} days "
                          f"and {counts['states_deleted']} agent states idle for {state_days:g} days")
@@ -588,9 +599,12 @@ class SQLiteStateStore:
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await conn.close()
-        if self._batch_connection is not None and self._writer_thread is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.get_running_loop().run_in_executor(self._writer_thread, self._batch_connection.close)
+        if self._writer_thread is not None:
+            for conn in (self._checkpointer, self._batch_connection):  # the last one checkpoints the rest
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.get_running_loop().run_in_executor(self._writer_thread, conn.close)
+        self._checkpointer = None
         if self._writer_thread is not None:
             self._writer_thread.shutdown(wait=False)
         self._batch_connection = None
@@ -598,22 +612,23 @@ class SQLiteStateStore:
         self._readers = []
         self._reader_cycle = None
         self._writer = None
-        self._writer_job = None
+        self._writer_task = None
+        self._checkpointing = None
         if self._tempdir is not None:
             await asyncio.to_thread(shutil.rmtree, self._tempdir, True)
             self._tempdir = None
 
     # --- the writer ---------------------------------------------------------------------
 
-    async def _write(self, fn: WriteFn | SyncWriteFn, *, savepoint: bool = True, sync: bool = False) -> Any:
-        """Queue one write operation; return its result once its batch is committed."""
-        if self._writer_job is None or self._closing or self._broken is not None:
+    async def _write(self, fn: WriteFn | SyncWriteFn, *, savepoint: bool = True, sync: bool = False,
+                     heavy: bool = False) -> Any:
+        """Queue one write operation; return its result once its batch is committed. A ``heavy`` one
+        (one that may take long, such as the maintenance's deletes) has its batch run in the writer thread."""
+        if self._writer_task is None or self._closing or self._broken is not None or self._wakeup is None:
             raise StoreUnavailable("the SQLite store is not running")
         future: asyncio.Future[Any] = self._loop.create_future()
-        self._pending.append(_WriteOp(fn, future, savepoint, sync))
-        if self._writer_idle:
-            self._writer_idle = False
-            self._wakeup.put(None)
+        self._pending.append(_WriteOp(fn, future, savepoint, sync, heavy))
+        self._wakeup.set()
         try:
             return await future
         except Exception as exc:
@@ -621,39 +636,60 @@ class SQLiteStateStore:
                 raise _unavailable(exc) from exc
             raise
 
-    def _run_writer(self) -> None:
-        """The writer thread: commit what is queued, batch after batch, without waiting for the event
-        loop in between (it only hears the answers); sleep when nothing is queued."""
+    async def _run_writer(self) -> None:
+        """The writer task: commit what is queued, batch after batch, until stopped."""
         pending, wakeup, loop = self._pending, self._wakeup, self._loop
-        assert loop is not None
-        stopping = False
+        assert wakeup is not None and loop is not None
         batch: list[_WriteOp] = []
+        commits = 0
         try:
             while True:
                 if not pending:
-                    if stopping:
+                    if self._closing:
                         return
-                    # say "asleep" before the last look, so that a write queued in between wakes us
-                    self._writer_idle = True
-                    if not pending:
-                        stopping = wakeup.get() is _STOP
-                    self._writer_idle = False
+                    wakeup.clear()
+                    await wakeup.wait()
                     continue
+                if len(pending) < self.max_batch:
+                    # one more pass of the loop first: the writes of callbacks already scheduled join
+                    # this batch, so one commit carries more of them
+                    await asyncio.sleep(0)
                 batch = [pending.popleft() for _ in range(min(len(pending), self.max_batch))]
                 # a caller cancelled before its batch began never sees an answer: skip its write
                 batch = [op for op in batch if not op.future.done()]
                 if not batch:
                     continue
                 try:
-                    outcomes: list[tuple[bool, Any]] | BaseException = self._apply_batch(batch)
+                    if any(op.heavy for op in batch):
+                        outcomes: list[tuple[bool, Any]] | BaseException = await loop.run_in_executor(
+                            self._writer_thread, self._apply_batch, batch)
+                    else:
+                        outcomes = self._apply_batch(batch)
                 except Exception as exc:  # nothing of this batch is committed: every caller learns it
                     outcomes = exc
-                loop.call_soon_threadsafe(self._answer, batch, outcomes)
+                self._answer(batch, outcomes)
                 batch = []
-        except BaseException as exc:  # a bug: nobody may wait forever, the batch in hand included
-            with contextlib.suppress(RuntimeError):  # (a loop already closed has nobody waiting)
-                loop.call_soon_threadsafe(self._writer_stopped, exc, batch)
+                commits += 1
+                if commits % self.checkpoint_every == 0 and self._checkpointing is None:
+                    self._checkpointing = loop.run_in_executor(self._writer_thread, self._checkpoint)
+                    self._checkpointing.add_done_callback(self._checkpointed)
+        except BaseException as exc:  # a bug or cancellation: nobody may wait forever, the batch in hand included
+            self._writer_stopped(exc, batch)
             raise
+
+    def _checkpoint(self) -> None:
+        """In the writer thread: copy the WAL into the database without waiting for readers or writers."""
+        assert self._checkpointer is not None
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def _checkpointed(self, done: asyncio.Future[Any]) -> None:
+        self._checkpointing = None
+        if done.cancelled():
+            return
+        if done.exception() is not None:  # the next one tries again
+            log.warning("SQLite WAL checkpoint failed: %s", done.exception())
+        else:
+            self.checkpoints += 1
 
     def _answer(self, batch: list[_WriteOp], outcomes: list[tuple[bool, Any]] | BaseException) -> None:
         """On the event loop: give each caller of a batch its result."""
