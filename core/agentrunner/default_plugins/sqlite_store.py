@@ -414,7 +414,6 @@ class SQLiteStateStore:
         self._wakeup: asyncio.Event | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._checkpointer: sqlite3.Connection | None = None  # the writer thread's, for checkpoints
-        self._checkpointing: asyncio.Future[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         #: execution id → (the execution as inserted, its input and data as stored), until its first
         #: claim (oldest first)
@@ -484,8 +483,6 @@ class SQLiteStateStore:
             await asyncio.wait([task])
             if not task.cancelled() and task.exception() is not None:
                 log.error("the SQLite store's writer failed: %r", task.exception())
-        if self._checkpointing is not None:
-            await asyncio.wait([self._checkpointing])
         self._fail_pending(StoreUnavailable("the SQLite store was stopped"))
         await self._close_connections()
 
@@ -613,7 +610,6 @@ class SQLiteStateStore:
         self._reader_cycle = None
         self._writer = None
         self._writer_task = None
-        self._checkpointing = None
         if self._tempdir is not None:
             await asyncio.to_thread(shutil.rmtree, self._tempdir, True)
             self._tempdir = None
@@ -670,26 +666,25 @@ class SQLiteStateStore:
                 self._answer(batch, outcomes)
                 batch = []
                 commits += 1
-                if commits % self.checkpoint_every == 0 and self._checkpointing is None:
-                    self._checkpointing = loop.run_in_executor(self._writer_thread, self._checkpoint)
-                    self._checkpointing.add_done_callback(self._checkpointed)
+                if commits % self.checkpoint_every == 0:
+                    # no commit while it runs (writes queue up meanwhile, the loop goes on): a
+                    # checkpoint that copies every frame lets the next commit start the WAL over,
+                    # which one racing with commits seldom does (the WAL would grow without end)
+                    await self._checkpoint()
         except BaseException as exc:  # a bug or cancellation: nobody may wait forever, the batch in hand included
             self._writer_stopped(exc, batch)
             raise
 
-    def _checkpoint(self) -> None:
-        """In the writer thread: copy the WAL into the database without waiting for readers or writers."""
-        assert self._checkpointer is not None
-        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-    def _checkpointed(self, done: asyncio.Future[Any]) -> None:
-        self._checkpointing = None
-        if done.cancelled():
+    async def _checkpoint(self) -> None:
+        """Copy the WAL into the database, in the writer thread (its fsync never holds up the loop)."""
+        assert self._checkpointer is not None and self._loop is not None
+        try:
+            await self._loop.run_in_executor(
+                self._writer_thread, lambda: self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        except Exception as exc:  # (e.g. a disk error): the next one tries again
+            log.warning("SQLite WAL checkpoint failed: %s", exc)
             return
-        if done.exception() is not None:  # the next one tries again
-            log.warning("SQLite WAL checkpoint failed: %s", done.exception())
-        else:
-            self.checkpoints += 1
+        self.checkpoints += 1
 
     def _answer(self, batch: list[_WriteOp], outcomes: list[tuple[bool, Any]] | BaseException) -> None:
         """On the event loop: give each caller of a batch its result."""
