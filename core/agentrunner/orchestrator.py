@@ -625,12 +625,17 @@ class Orchestrator:
             if not future.done():
                 future.set_result(execution)
 
+    def _submitter_elsewhere(self, execution_id: str) -> str | None:
+        """The process that submitted an execution, if it is another one (it is told when it ends)."""
+        reply_to = self._reply_to.get(execution_id)
+        return reply_to if reply_to and reply_to != self.process_id else None
+
     async def _notify_submitter(self, execution_id: str, status: str, execution: Execution | None = None) -> None:
         """Wake the waiters of the process that submitted an execution, if that is another process: one
         message to that process rather than a copy of every event to every process. A finished execution
         travels whole, so the waiter needs no read of the store."""
-        reply_to = self._reply_to.get(execution_id)
-        if reply_to and reply_to != self.process_id:
+        reply_to = self._submitter_elsewhere(execution_id)
+        if reply_to:
             payload: dict[str, Any] = {"execution_id": execution_id, "status": status}
             if execution is not None:
                 payload["execution"] = execution.to_json()
@@ -910,8 +915,7 @@ class Orchestrator:
         payload = {"execution_id": execution.execution_id, "agent_name": execution.agent_name, "status": status,
                    "result": result, "error_message": error, "trace_id": execution.trace_id}
         event = self.bus.publish(routing_key, payload, self.event_headers(execution))
-        reply_to = self._reply_to.get(execution.execution_id)
-        if reply_to and reply_to != self.process_id:
+        if self._submitter_elsewhere(execution.execution_id):
             # the submitter's notice and the event go out together: one broker round trip, not two
             await asyncio.gather(self._notify_submitter(execution.execution_id, status, execution), event)
         else:

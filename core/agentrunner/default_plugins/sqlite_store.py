@@ -409,7 +409,7 @@ class SQLiteStateStore:
         self._writer_thread: ThreadPoolExecutor | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._reader_cycle: itertools.cycle[aiosqlite.Connection] | None = None
-        #: queued writes: appended on the event loop, taken by the writer thread (deque is thread-safe)
+        #: queued writes, taken in batches by the writer task
         self._pending: deque[_WriteOp] = deque()
         self._wakeup: asyncio.Event | None = None
         self._writer_task: asyncio.Task[None] | None = None
@@ -495,7 +495,7 @@ class SQLiteStateStore:
         await self._read("SELECT 1")
 
     def _connect_batch_writer(self, path: str) -> sqlite3.Connection:
-        # runs in the writer thread, the only thread that uses this connection
+        # made in the writer thread; used by the writer task, or by the thread for a heavy batch, never both at once
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
@@ -709,7 +709,7 @@ class SQLiteStateStore:
         self._fail_pending(StoreUnavailable(f"the SQLite store's writer stopped: {exc!r}"))
 
     def _apply_batch(self, batch: list[_WriteOp]) -> list[tuple[bool, Any]]:
-        """In the writer thread: one transaction for the whole batch."""
+        """One transaction for the whole batch (on the event loop, or in the writer thread for a heavy one)."""
         conn = self._batch_connection
         assert conn is not None
         adapter = _SyncConnection(conn)
