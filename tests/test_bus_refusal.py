@@ -18,10 +18,10 @@ class RefusingBus(MemoryEventBus):
     name = "refusing"
     refusal: Exception | None = None
 
-    async def publish(self, routing_key, payload, headers=None):
+    async def publish(self, routing_key, payload, headers=None, **options):
         if RefusingBus.refusal is not None:
             raise RefusingBus.refusal
-        await super().publish(routing_key, payload, headers)
+        await super().publish(routing_key, payload, headers, **options)
 
 
 class Plugin:

@@ -47,9 +47,9 @@ class Plugin:
         class RecordingBus(MemoryEventBus):
             name = "recording"
 
-            async def publish(self, routing_key, payload, headers=None):
+            async def publish(self, routing_key, payload, headers=None, **options):
                 plugin.published.append((routing_key, dict(headers or {})))
-                await super().publish(routing_key, payload, headers)
+                await super().publish(routing_key, payload, headers, **options)
 
         class DurableLookingBus(RecordingBus):
             """Claims its messages outlive the process (as RabbitMQ's do)."""

@@ -122,9 +122,10 @@ async def test_each_strategy_spreads_the_tasks_differently(tmp_path, bus):
     # while busy
     dealt = await spread(tmp_path, bus, "round_robin", slow_and_fast)
     assert dealt["slow"] >= 8, dealt
-    # least_busy: a platform holds only what it can start — the busy slow one gets almost nothing
+    # least_busy: a platform holds only what it can start — the busy slow one gets almost nothing (one task
+    # per 0.2 s while the fast one runs the rest: up to 5 on a loaded 2-core machine, against 8 or more above)
     least = await spread(tmp_path, bus, "least_busy", slow_and_fast)
-    assert least["slow"] <= 3, least
+    assert least["slow"] <= 5, least
     # weighted: two platforms as fast as each other, WORKER_WEIGHT 1 and 3 — about a quarter and three quarters
     weighted = await spread(tmp_path, bus, "weighted", {"light": (0.02, {"WORKER_WEIGHT": "1"}),
                                                         "heavy": (0.02, {"WORKER_WEIGHT": "3"})})

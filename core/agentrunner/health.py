@@ -49,7 +49,8 @@ class HealthMonitor:
     async def start_monitor(self) -> None:
         """In a serve process: listen to every process's heartbeats and judge the agents."""
         self._subscription = await self.orchestrator.bus.subscribe(
-            f"agentrunner.health.{new_id()}", [HEARTBEAT_KEY], self._on_heartbeat, exclusive=True)
+            f"agentrunner.health.{new_id()}", [HEARTBEAT_KEY], self._on_heartbeat, exclusive=True,
+            auto_ack=True)  # a lost beat is replaced by the next one
         self._tasks.append(asyncio.ensure_future(self._every(self.check)))
 
     async def stop(self) -> None:
@@ -68,7 +69,7 @@ class HealthMonitor:
         try:
             await orchestrator.bus.publish(HEARTBEAT_KEY, {
                 "process": orchestrator.process_id, "agents": sorted(orchestrator.config.agents),
-                "at": self.clock()}, {"internal": True})
+                "at": self.clock()}, {"internal": True}, persistent=False)
         except Exception as exc:  # the bus is down: /health says so; the next beat tries again
             log.warning("heartbeat not sent: %s", exc)
 

@@ -270,11 +270,15 @@ class EventBus(Protocol):
 
     async def health(self) -> None: ...
 
-    async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None) -> None: ...
+    async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
+                      persistent: bool = True) -> None:
+        """``persistent=False``: a notification that has another way to arrive, which the bus may lose
+        when it restarts (RabbitMQ: a transient message, never written to disk)."""
 
     async def subscribe(
         self, queue: str, patterns: Sequence[str], handler: EventHandler, *, concurrency: int = 1,
         exclusive: bool = False, single_active: bool = False, prefetch: int | None = None,
+        auto_ack: bool = False,
     ) -> Subscription:
         """Consume ``queue`` (created if missing, bound to ``patterns``) with ``concurrency``
         handlers at a time. An ``exclusive`` queue belongs to this subscription and is
@@ -283,7 +287,9 @@ class EventBus(Protocol):
         time receives its messages, and handles them one by one in order (RabbitMQ's
         single active consumer) — for tasks that must not overtake each other. ``prefetch``: at most
         this many messages delivered to the subscription and not yet handled (None: the bus's
-        default); with ``prefetch=concurrency`` a process only takes what it can start now."""
+        default); with ``prefetch=concurrency`` a process only takes what it can start now.
+        ``auto_ack``: a message is settled as it is delivered, so a handler that raises does not get it
+        again — for notifications that have another way to arrive (RabbitMQ: no acknowledgement frames)."""
 
     async def queue_depth(self, queue: str) -> int: ...
 

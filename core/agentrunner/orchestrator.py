@@ -487,7 +487,8 @@ class Orchestrator:
             # executions finished by other processes wake this process's waiters through the bus
             waiters = await self.bus.subscribe(f"agentrunner.waiters.{self.process_id}",
                                                [f"{DONE_PREFIX}.{self.process_id}"],
-                                               self._on_execution_event, concurrency=4, exclusive=True)
+                                               self._on_execution_event, concurrency=4, exclusive=True,
+                                               auto_ack=True)  # a lost notice: the waiter reads the store
             self._subscriptions.append(waiters)
             if consume:  # answers to the questions of executions this process runs, given elsewhere
                 inputs = await self.bus.subscribe(f"agentrunner.input.{self.process_id}", [INPUT_KEY],
@@ -640,7 +641,7 @@ class Orchestrator:
             if execution is not None:
                 payload["execution"] = execution.to_json()
             try:
-                await self.bus.publish(f"{DONE_PREFIX}.{reply_to}", payload, {"internal": True})
+                await self.bus.publish(f"{DONE_PREFIX}.{reply_to}", payload, {"internal": True}, persistent=False)
             except Exception as exc:  # its waiters time out and read the store instead
                 log.warning("could not tell process %s that %s is %s: %s", reply_to, execution_id, status, exc)
 

@@ -89,8 +89,9 @@ class _Subscription:
     to it and not yet finished); ``None`` takes every message dealt to it."""
 
     def __init__(self, bus: MemoryEventBus, queue: _Queue, handler: Any, concurrency: int, exclusive: bool,
-                 single_active: bool = False, prefetch: int | None = None) -> None:
+                 single_active: bool = False, prefetch: int | None = None, auto_ack: bool = False) -> None:
         self._bus = bus
+        self._auto_ack = auto_ack
         self._queue = queue
         self._handler = handler
         self._exclusive = exclusive
@@ -160,10 +161,16 @@ class _Subscription:
                     await self._handler(event)
                     return
                 except asyncio.CancelledError:
-                    # stopped mid-message (the process is stopping): keep the message for another consumer
-                    queue.put((routing_key, body, headers, message_id, deliveries), first=True)
+                    # stopped mid-message (the process is stopping): keep the message for another consumer,
+                    # unless it was settled on delivery
+                    if not self._auto_ack:
+                        queue.put((routing_key, body, headers, message_id, deliveries), first=True)
                     raise
                 except Exception:
+                    if self._auto_ack:  # settled when it was delivered: not delivered again
+                        log.warning("queue %s: handler failed on %s (%s); the message is dropped (auto_ack)",
+                                    queue.name, routing_key, message_id, exc_info=True)
+                        return
                     deliveries += 1
                     if deliveries >= MAX_DELIVERIES:
                         log.error("queue %s: message %s (%s) failed %d deliveries; dead-lettered", queue.name,
@@ -211,7 +218,9 @@ class MemoryEventBus:
         if not self._started:
             raise ConnectionError("the in-memory event bus is not started")
 
-    async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None) -> None:
+    async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
+                      persistent: bool = True) -> None:
+        """(``persistent`` changes nothing here: every message of this bus ends with its process.)"""
         targets = self._routes.get(routing_key)
         if targets is None:
             if len(self._routes) >= ROUTES_KEPT:
@@ -226,7 +235,7 @@ class MemoryEventBus:
 
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: Any, *, concurrency: int = 1,
                         exclusive: bool = False, single_active: bool = False,
-                        prefetch: int | None = None) -> _Subscription:
+                        prefetch: int | None = None, auto_ack: bool = False) -> _Subscription:
         """Messages are dealt to the subscriptions of a queue in turn, each holding at most ``prefetch``
         in hand (``None``: no limit, every subscription gets its turn however busy it is)."""
         target = self._queues.get(queue)
@@ -234,7 +243,8 @@ class MemoryEventBus:
             target = self._queues[queue] = _Queue(queue)
         for pattern in patterns:
             self._bind(target, pattern)
-        subscription = _Subscription(self, target, handler, concurrency, exclusive, single_active, prefetch)
+        subscription = _Subscription(self, target, handler, concurrency, exclusive, single_active, prefetch,
+                                     auto_ack)
         self._subscriptions.append(subscription)
         return subscription
 

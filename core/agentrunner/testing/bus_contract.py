@@ -110,6 +110,25 @@ class EventBusContract:
         await asyncio.sleep(0.5)
         assert len(poison) <= 10  # dead-lettered, not redelivered forever
 
+    async def test_an_auto_ack_subscription_never_gets_a_message_again(self, bus, prefix):
+        """Notifications: a handler that raises loses that message; the next ones still arrive, and a
+        transient message (``persistent=False``) is delivered like any other."""
+        seen: list = []
+
+        async def handle(event):
+            seen.append((event.payload, event.headers["delivery_count"]))
+            if event.payload == "fails":
+                raise RuntimeError("handler failed")
+
+        await bus.subscribe(f"{prefix}.notes", [f"{prefix}.note"], handle, exclusive=True, auto_ack=True)
+        await bus.publish(f"{prefix}.note", "fails", {"internal": True}, persistent=False)
+        await eventually(lambda: len(seen) == 1)
+        await bus.publish(f"{prefix}.note", "next", {"internal": True}, persistent=False)
+        await eventually(lambda: len(seen) == 2)
+        await asyncio.sleep(0.3)
+        assert seen == [("fails", 1), ("next", 1)]
+        assert await bus.queue_depth(f"{prefix}.notes") == 0
+
     async def test_bindings_change_while_consuming(self, bus, prefix):
         got: list[str] = []
 

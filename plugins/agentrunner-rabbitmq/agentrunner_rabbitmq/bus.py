@@ -68,6 +68,7 @@ _BROKER_CONSUMER_TIMEOUT = 1_800_000
 #: What talking to the broker raises when the channel or connection is gone (ChannelInvalidStateError
 #: is a RuntimeError).
 _AMQP_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
+_PERSISTENT, _TRANSIENT = aio_pika.DeliveryMode.PERSISTENT, aio_pika.DeliveryMode.NOT_PERSISTENT
 
 
 class BusMisconfigured(BusUnavailable, ValueError):
@@ -233,15 +234,17 @@ class RabbitMQEventBus:
 
     # --- publishing ---------------------------------------------------------------
 
-    async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None) -> None:
-        """Publish a persistent JSON message; returns once RabbitMQ confirmed it.
+    async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
+                      persistent: bool = True) -> None:
+        """Publish a JSON message, persistent unless ``persistent=False`` (a notification: transient, so
+        RabbitMQ never writes it to disk); returns once RabbitMQ confirmed it.
 
         Raises ``MessageRejected`` when a queue it routes to is full, ``BusUnavailable``
         when the broker cannot be reached within ``RABBITMQ_CONNECTION_TIMEOUT``.
         """
         body = _encode(payload).encode()
         message = aio_pika.Message(body, headers=dict(headers or {}), content_type="application/json",
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT, message_id=new_id(),
+                                   delivery_mode=_PERSISTENT if persistent else _TRANSIENT, message_id=new_id(),
                                    timestamp=datetime.datetime.now(datetime.UTC))
         await self._send(routing_key, message)
 
@@ -282,11 +285,13 @@ class RabbitMQEventBus:
 
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: EventHandler, *, concurrency: int = 1,
                         exclusive: bool = False, single_active: bool = False,
-                        prefetch: int | None = None) -> _Subscription:
+                        prefetch: int | None = None, auto_ack: bool = False) -> _Subscription:
         """Consume ``queue`` on a channel of its own (created and bound to ``patterns`` if missing).
 
         A durable queue gets its dead-letter queue first; an ``exclusive`` one expires after
-        ``RABBITMQ_QUEUE_EXPIRES`` if its process dies, and is deleted when cancelled.
+        ``RABBITMQ_QUEUE_EXPIRES`` if its process dies, and is deleted when cancelled. With
+        ``auto_ack`` the broker counts a message as settled once it is sent (``no_ack``): no
+        acknowledgement frames, and a message whose handler fails is dropped, not delivered again.
         """
         for pattern in patterns:
             _check_pattern(queue, pattern)
@@ -304,7 +309,8 @@ class RabbitMQEventBus:
         arguments = topology.temporary_queue_arguments() if exclusive else topology.task_queue_arguments(
             full, single_active=single_active)
         subscription = _Subscription(self, full, handler, concurrency=1 if single_active else max(1, concurrency),
-                                     exclusive=exclusive, single_active=single_active, prefetch=prefetch)
+                                     exclusive=exclusive, single_active=single_active, prefetch=prefetch,
+                                     auto_ack=auto_ack)
         try:
             async with asyncio.timeout(self._timeout):
                 await self._declare_once(connection, full, arguments, dead_letters=not exclusive)
@@ -455,8 +461,10 @@ class _Subscription:
     """One consumer of a queue, on a channel of its own, handling up to ``concurrency`` messages at a time."""
 
     def __init__(self, bus: RabbitMQEventBus, queue: str, handler: EventHandler, *, concurrency: int,
-                 exclusive: bool, single_active: bool, prefetch: int | None = None) -> None:
+                 exclusive: bool, single_active: bool, prefetch: int | None = None,
+                 auto_ack: bool = False) -> None:
         self._prefetch = prefetch
+        self._auto_ack = auto_ack
         self._bus = bus
         self.queue = queue
         self._handler = handler
@@ -492,7 +500,7 @@ class _Subscription:
         for pattern in patterns:
             await self._queue.bind(topology.exchange, pattern)
             self._patterns.add(pattern)
-        self._tag = await self._queue.consume(self._on_message)
+        self._tag = await self._queue.consume(self._on_message, no_ack=self._auto_ack)
 
     async def bind(self, pattern: str) -> None:
         _check_pattern(self.queue, pattern)
@@ -580,6 +588,9 @@ class _Subscription:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
+        if self._auto_ack:
+            await self._handle_settled(message)
+            return
         task = asyncio.current_task()
         try:
             async with self._slots:
@@ -592,6 +603,30 @@ class _Subscription:
             # stopping, not failing: the message goes back without counting a delivery
             await self._give_back(message)
             raise
+        finally:
+            self._running.discard(task)
+
+    async def _handle_settled(self, message: AbstractIncomingMessage) -> None:
+        """A message of an ``auto_ack`` subscription: the broker has forgotten it, nothing to settle."""
+        task = asyncio.current_task()
+        try:
+            async with self._slots:
+                self._running.add(task)
+                if self._cancelled:
+                    return
+                headers = dict(message.headers or {})
+                for name in _BROKER_HEADERS & headers.keys():
+                    del headers[name]
+                routing_key = str(headers.pop(ROUTING_KEY_HEADER, "") or message.routing_key or "")
+                try:
+                    event = Event(routing_key, json.loads(message.body), dict(headers, delivery_count=1),
+                                  message.message_id or "")
+                    await self._handler(event)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("queue %s: handler failed on %s (%s); the message is dropped (auto_ack)", self.queue,
+                                routing_key, message.message_id, exc_info=True)
         finally:
             self._running.discard(task)
 

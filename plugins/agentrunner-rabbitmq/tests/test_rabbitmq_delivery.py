@@ -55,6 +55,31 @@ async def test_messages_are_persistent_json(broker):
     assert message.headers["trace_id"] == "t-1" and message.message_id
 
 
+async def test_a_notification_is_transient_and_its_subscription_sends_no_acknowledgements(broker):
+    bus = await broker.bus()
+    subscription = await bus.subscribe("raw-note", ["raw.note"], nothing)
+    await subscription.cancel()
+    await bus.publish("raw.note", {"done": 1}, {"internal": True}, persistent=False)
+    [message] = await take_all(bus.queue_name("raw-note"))
+    assert message.delivery_mode == 1  # transient: RabbitMQ never writes it to disk
+    assert message.body.decode() == '{"done": 1}'
+
+    got = []
+
+    async def collect(event):
+        got.append(event.payload)
+
+    notes = await bus.subscribe("notes", ["note.*"], collect, exclusive=True, auto_ack=True)
+    for number in range(3):
+        await bus.publish("note.done", number, persistent=False)
+    await eventually(lambda: len(got) == 3)
+    # settled on delivery: nothing is left in the queue, and no acknowledgement went out (RabbitMQ closes a
+    # channel that acknowledges a delivery tag it does not know)
+    assert sorted(got) == [0, 1, 2]
+    assert notes._channel is not None and not notes._channel.is_closed
+    assert await bus.queue_depth("notes") == 0
+
+
 async def test_a_poison_message_reaches_its_dead_letter_queue_after_max_deliveries(broker):
     bus = await broker.bus()
     counts: list[int] = []

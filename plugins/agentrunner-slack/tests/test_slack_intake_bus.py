@@ -22,10 +22,10 @@ class SlowBus(MemoryEventBus):
     name = "slow"
     delay = 1.0
 
-    async def publish(self, routing_key, payload, headers=None):
+    async def publish(self, routing_key, payload, headers=None, **options):
         if routing_key.startswith("slack."):
             await asyncio.sleep(self.delay)
-        await super().publish(routing_key, payload, headers)
+        await super().publish(routing_key, payload, headers, **options)
 
 
 class DownBus(MemoryEventBus):
@@ -33,10 +33,10 @@ class DownBus(MemoryEventBus):
 
     name = "down"
 
-    async def publish(self, routing_key, payload, headers=None):
+    async def publish(self, routing_key, payload, headers=None, **options):
         if routing_key.startswith("slack."):
             raise BusUnavailable("the broker cannot be reached")
-        await super().publish(routing_key, payload, headers)
+        await super().publish(routing_key, payload, headers, **options)
 
 
 class Buses:
