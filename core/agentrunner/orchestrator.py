@@ -647,12 +647,19 @@ class Orchestrator:
 
     async def _on_execution_event(self, event: Event) -> None:
         """Wake local waiters of executions finished (or waiting for a human) in another process."""
-        execution_id = (event.payload or {}).get("execution_id")
-        if (event.payload or {}).get("status") != "awaiting_input":
+        payload = event.payload or {}
+        execution_id = payload.get("execution_id")
+        whole = payload.get("execution")
+        if whole:
+            # kept among the finished even with nobody waiting yet: the notice often arrives before the
+            # broker confirmed the task's publish, i.e. before the submitter starts waiting, and a wait
+            # then finds it here instead of reading the store
+            self._wake(Execution.from_json(whole))
+            return
+        if payload.get("status") != "awaiting_input":
             self._submitted.discard(execution_id)  # finished, here or elsewhere
         if any(not future.done() for future in self._waiters.get(execution_id, ())):
-            whole = (event.payload or {}).get("execution")
-            execution = Execution.from_json(whole) if whole else await self.store.get_execution(execution_id)
+            execution = await self.store.get_execution(execution_id)
             if execution is not None:
                 self._wake(execution)
 

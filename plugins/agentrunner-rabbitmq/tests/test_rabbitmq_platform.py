@@ -113,6 +113,32 @@ async def test_tasks_submitted_to_one_process_run_in_both_and_wake_the_submitter
         broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
 
 
+async def test_a_notice_that_arrives_before_the_submitter_waits_spares_a_store_read(tmp_path, broker):
+    """The process that ran a task tells the submitter with the whole execution; when that arrives before
+    anyone waits (the broker may confirm the task's publish after the notice is delivered), a later wait
+    still finds it without reading the store."""
+    environ = broker_environ(broker.exchange)
+    async with running_platform(tmp_path, environ, files={"tagged.yaml": TAGGED},
+                                plugins=[*PLUGINS, (TaggedPlugin("first"), "tagged")]) as first, \
+            running_platform(tmp_path, environ, plugins=[*PLUGINS, (TaggedPlugin("second"), "tagged")]) as second:
+        broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
+        orchestrator = first.orchestrator
+        submitted = [(await orchestrator.submit("tagged-bot", f"task {n}"))[0].execution_id for n in range(12)]
+        deadline = time.monotonic() + 10
+        while not all(execution_id in orchestrator._finished for execution_id in submitted):
+            assert time.monotonic() < deadline, "the submitter did not hear of every execution"
+            await asyncio.sleep(0.02)
+
+        async def no_reads(execution_id):
+            raise AssertionError(f"the store was read for {execution_id}")
+
+        orchestrator.store.get_execution = no_reads
+        finished = [await orchestrator.wait(execution_id, 5) for execution_id in submitted]
+        assert [execution.status for execution in finished] == ["completed"] * 12
+        assert "second" in {execution.result.split(": ")[0] for execution in finished}  # notices did arrive
+        broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
+
+
 async def wait_for_execution(client, agent: str, timeout: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
