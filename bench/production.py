@@ -64,13 +64,14 @@ SCHEMA = {"b": "naive", "c": "celery", "d": "public"}
 #: the child processes' log names of each system start with this
 LOGS = {"b": "naive-", "c": "celery-", "d": "agentrunner-"}
 #: the shared services, whose CPU time is reported per task too
-SERVICES = ("beam.smp", "postgres", "redis-server")
+SERVICES = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL", "redis-server": "Redis"}
 
 
-def cpu_seconds(groups: set[int]) -> tuple[float, float]:
-    """CPU seconds used so far by the processes of `groups` (process group ids), and by the services."""
+def cpu_seconds(groups: set[int]) -> tuple[float, dict[str, float]]:
+    """CPU seconds used so far by the processes of `groups` (process group ids), and by each service."""
     tick = os.sysconf("SC_CLK_TCK")
-    own = services = 0.0
+    own = 0.0
+    services = dict.fromkeys(SERVICES.values(), 0.0)
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -84,7 +85,7 @@ def cpu_seconds(groups: set[int]) -> tuple[float, float]:
         if int(fields[2]) in groups:
             own += used
         elif name in SERVICES:
-            services += used
+            services[SERVICES[name]] += used
     return own, services
 
 
@@ -391,7 +392,11 @@ class Bench:
               f"{await rabbitmq_version()}; {versions()}", flush=True)
         starts = {"a": lambda: self.broker.start(max(args.concurrency, 1) * 2), "b": self.start_naive,
                   "c": self.start_celery, "d": self.start_agentrunner}
+        for key in set(starts) - set(args.systems):
+            self.skipped[key] = "not selected (--systems)"
         for key, start in starts.items():
+            if key in self.skipped:
+                continue
             if self.interrupted:
                 raise Interrupted
             print(f"starting {LABELS[key]}", flush=True)
@@ -425,11 +430,14 @@ class Bench:
         result["rows"] = await self.rows(key) - before
         # CPU ms per task: the system's own processes ((a): this process, publisher and consumer) and the services
         result["cpu"] = 1000 * ((time.process_time() - mine) if key == "a" else own_after - own) / tasks
-        result["services_cpu"] = 1000 * (services_after - services) / tasks
+        spent = {name: 1000 * (services_after[name] - services[name]) / tasks for name in services}
+        result["services_cpu"] = sum(spent.values())
+        result["services_each"] = spent
         into[key].append(result)
         rows = f", {result['rows']} rows" if key in SCHEMA else ""
         print(f"{result['rate']:>6.0f}/s  p50 {result['p50']:>6.2f} ms  p99 {result['p99']:>7.2f} ms"
-              f"  CPU/task {result['cpu']:.2f} + services {result['services_cpu']:.2f} ms"
+              f"  CPU/task {result['cpu']:.2f} + services {result['services_cpu']:.2f} ms "
+              f"({', '.join(f'{name} {ms:.2f}' for name, ms in spent.items())})"
               f"  ({result['failures']} failed{rows})", flush=True)
 
     def report(self) -> None:
@@ -545,7 +553,13 @@ def main() -> int:
     parser.add_argument("--celery-threads", type=int, default=0,
                         help="threads of the (c) intake for apply_async and AsyncResult.get "
                              "(default 2 × --concurrency: each request in flight holds one in get)")
+    parser.add_argument("--systems", default="abcd",
+                        help="which systems to measure, e.g. 'bd' for the hand-written pipeline and agentrunner "
+                             "(default abcd: all four)")
     args = parser.parse_args()
+    unknown = set(args.systems) - set(LABELS)
+    if unknown or not args.systems:
+        parser.error(f"--systems: letters of {''.join(LABELS)} only, not {''.join(sorted(unknown)) or 'nothing'}")
     bench = Bench(args)
     code = 0
     try:
