@@ -651,9 +651,9 @@ class Orchestrator:
         execution_id = payload.get("execution_id")
         whole = payload.get("execution")
         if whole:
-            # kept among the finished even with nobody waiting yet: the notice often arrives before the
-            # broker confirmed the task's publish, i.e. before the submitter starts waiting, and a wait
-            # then finds it here instead of reading the store
+            # kept among the finished even with nobody waiting yet: the notice may arrive before the
+            # submitter starts waiting (it was still awaiting the broker's confirm of the task's publish,
+            # or waits later), and a wait then finds it here instead of reading the store
             self._wake(Execution.from_json(whole))
             return
         if payload.get("status") != "awaiting_input":
