@@ -432,7 +432,6 @@ class Bench:
         result["cpu"] = 1000 * ((time.process_time() - mine) if key == "a" else own_after - own) / tasks
         spent = {name: 1000 * (services_after[name] - services[name]) / tasks for name in services}
         result["services_cpu"] = sum(spent.values())
-        result["services_each"] = spent
         into[key].append(result)
         rows = f", {result['rows']} rows" if key in SCHEMA else ""
         print(f"{result['rate']:>6.0f}/s  p50 {result['p50']:>6.2f} ms  p99 {result['p99']:>7.2f} ms"

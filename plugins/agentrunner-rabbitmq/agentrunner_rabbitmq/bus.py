@@ -588,56 +588,42 @@ class _Subscription:
         task.add_done_callback(self._tasks.discard)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
-        if self._auto_ack:
-            await self._handle_settled(message)
-            return
         task = asyncio.current_task()
         try:
             async with self._slots:
                 self._running.add(task)  # in hand: a cancel lets it finish
                 if self._cancelled:
                     await self._give_back(message)
+                elif self._auto_ack:
+                    await self._process_settled(message)
                 elif _channel_open(message):  # else its channel closed while it waited: the broker has it back
                     await self._process(message)
         except asyncio.CancelledError:
-            # stopping, not failing: the message goes back without counting a delivery
+            # stopping, not failing: the message goes back without counting a delivery (an auto_ack message
+            # was settled on delivery: aio-pika marks it processed, and there is nothing to give back)
             await self._give_back(message)
             raise
         finally:
             self._running.discard(task)
 
-    async def _handle_settled(self, message: AbstractIncomingMessage) -> None:
+    async def _process_settled(self, message: AbstractIncomingMessage) -> None:
         """A message of an ``auto_ack`` subscription: the broker has forgotten it, nothing to settle."""
-        task = asyncio.current_task()
+        routing_key, headers = _routing_key_and_headers(message)
         try:
-            async with self._slots:
-                self._running.add(task)
-                if self._cancelled:
-                    return
-                headers = dict(message.headers or {})
-                for name in _BROKER_HEADERS & headers.keys():
-                    del headers[name]
-                routing_key = str(headers.pop(ROUTING_KEY_HEADER, "") or message.routing_key or "")
-                try:
-                    event = Event(routing_key, json.loads(message.body), dict(headers, delivery_count=1),
-                                  message.message_id or "")
-                    await self._handler(event)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.warning("queue %s: handler failed on %s (%s); the message is dropped (auto_ack)", self.queue,
-                                routing_key, message.message_id, exc_info=True)
-        finally:
-            self._running.discard(task)
+            event = Event(routing_key, json.loads(message.body), dict(headers, delivery_count=1),
+                          message.message_id or "")
+            await self._handler(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("queue %s: handler failed on %s (%s); the message is dropped (auto_ack)", self.queue,
+                        routing_key, message.message_id, exc_info=True)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
-        headers = dict(message.headers or {})
+        routing_key, headers = _routing_key_and_headers(message)
         previous = _count(headers.pop(DELIVERIES_HEADER, 0))
         if message.redelivered:
             previous += 1  # a delivery ended without an outcome: its consumer's connection or process died
-        routing_key = str(headers.pop(ROUTING_KEY_HEADER, "") or message.routing_key or "")
-        for name in _BROKER_HEADERS & headers.keys():
-            del headers[name]
         try:
             payload = json.loads(message.body)
         except ValueError:
@@ -714,6 +700,16 @@ class _Subscription:
         except _AMQP_ERRORS as exc:
             log.info("queue %s: the channel closed before a message was settled (%s); RabbitMQ delivers it again",
                      self.queue, type(exc).__name__)
+
+
+def _routing_key_and_headers(message: AbstractIncomingMessage) -> tuple[str, dict[str, Any]]:
+    """The routing key it was published with (kept by a copy put back on its queue), and the publisher's
+    headers without those RabbitMQ adds."""
+    headers = dict(message.headers or {})
+    routing_key = str(headers.pop(ROUTING_KEY_HEADER, "") or message.routing_key or "")
+    for name in _BROKER_HEADERS & headers.keys():
+        del headers[name]
+    return routing_key, headers
 
 
 def _channel_open(message: AbstractIncomingMessage) -> bool:
