@@ -259,10 +259,13 @@ class RabbitMQEventBus:
                     await self._watch.unblocked.wait()
                     await channel.ready()  # while the connection is lost: until it is back and the channel restored
                     try:
+                        # mandatory=False: a message no queue is bound for (a completion event nobody
+                        # listens to) is dropped by RabbitMQ instead of sent back whole; the channels
+                        # ignore returns anyway (on_return_raises is off), so only the round trip goes.
                         if queue is None:
-                            await exchange.publish(message, routing_key)
+                            await exchange.publish(message, routing_key, mandatory=False)
                         else:
-                            await channel.default_exchange.publish(message, queue)
+                            await channel.default_exchange.publish(message, queue, mandatory=False)
                         return
                     except aiormq.exceptions.ChannelInvalidStateError:
                         await asyncio.sleep(0.05)  # closed before anything was sent: it is being restored

@@ -152,6 +152,22 @@ async def test_many_publishes_in_flight_are_confirmed_together(broker):
     assert await bus.queue_depth("burst") == 300
 
 
+async def test_a_message_no_queue_is_bound_for_is_confirmed_and_not_sent_back(broker):
+    # A completion event nobody subscribed to is dropped by RabbitMQ; with the 'mandatory' flag it would come
+    # back whole to the publisher (a wasted round trip per task), so the bus does not set it.
+    bus = await broker.bus(RABBITMQ_POOL_SIZE="1")
+    returned = []
+    [(channel, _)] = bus._publishers
+    channel.return_callbacks.add(lambda sender, message: returned.append(message))
+    subscription = await bus.subscribe("bound", ["bound.key"], nothing)
+    await subscription.cancel()
+    for number in range(5):
+        await bus.publish("nobody.listens", {"n": number})
+    await bus.publish("bound.key", {"n": 5})  # confirmed after any return of the messages before it
+    assert returned == []
+    assert await bus.queue_depth("bound") == 1
+
+
 async def test_a_single_active_queue_keeps_order_across_two_processes(broker):
     seen: list[tuple[str, int]] = []
     running = 0
