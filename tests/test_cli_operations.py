@@ -141,3 +141,22 @@ def test_worker_children_start_from_a_fork_server_with_the_platform_modules_prel
     assert "agentrunner.orchestrator" in here
     assert not [name for name in here if name.split(".")[0] in ("pytest", "_pytest", "hypothesis", "conftest",
                                                                 "test_cli", "test_cli_operations")]
+
+
+def test_the_fork_server_preloads_the_client_libraries_of_the_production_backends(tmp_path):
+    import subprocess
+
+    # building the platform opens no connection, yet it must import asyncpg, redis.asyncio and aio-pika, or
+    # every recycled child imports them again (CPU each WORKER_MAX_REQUESTS tasks, while under load)
+    code = ("from agentrunner.cli import _Context, _platform\n"
+            "from agentrunner.worker import preload_modules\n"
+            f"_platform(_Context(), {str(tmp_path)!r})\n"
+            "print(' '.join(preload_modules()))\n")
+    (tmp_path / "agents").mkdir()
+    env = {**os.environ, "CONFIG_HOT_RELOAD": "false", "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+           "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "1", "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:1/"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    modules = set(result.stdout.split())
+    assert {"asyncpg", "redis.asyncio", "aio_pika", "agentrunner_postgres.store", "agentrunner_redis.cache",
+            "agentrunner_rabbitmq.bus"} <= modules

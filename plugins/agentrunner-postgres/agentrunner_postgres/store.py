@@ -191,6 +191,10 @@ class PostgresStateStore:
     name = "postgres"
 
     def __init__(self, settings: Any, *, migrate: bool | None = None) -> None:
+        # Imported here, not at start(): `agentrunner worker` builds the platform once before it forks, and
+        # its fork server preloads what is imported by then, so no recycled child imports asyncpg again.
+        import asyncpg  # noqa: F401
+
         self.config = ConnectionConfig.from_settings(settings)
         # DB_AUTO_MIGRATE=false: start() only checks the schema (`agentrunner db migrate` is a deploy step)
         self.auto_migrate = migrate if migrate is not None else bool(getattr(settings, "db_auto_migrate", True))

@@ -28,7 +28,7 @@ import zlib
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-if TYPE_CHECKING:  # redis is imported where it is used, so loading the plugin stays fast
+if TYPE_CHECKING:  # redis is imported once the cache is chosen, so loading the plugin stays fast
     from redis.asyncio import Redis
     from redis.asyncio.connection import BlockingConnectionPool
 
@@ -63,6 +63,10 @@ class RedisCache:
     retry_interval = 1.0
 
     def __init__(self, settings: Any) -> None:
+        # Imported when the cache is chosen, not at start(): `agentrunner worker` builds the platform once
+        # before it forks, and its fork server preloads what is imported by then (recycled children too).
+        import redis.asyncio  # noqa: F401
+
         self.host: str = settings.redis_host or "localhost"
         self.port = int(settings.redis_port)
         self.db = int(settings.redis_db)
