@@ -130,7 +130,8 @@ async def test_killed_worker_and_dropped_broker_connections_lose_no_task(tmp_pat
         async with aiohttp.ClientSession() as session:
             ids = []
             for n in range(TASKS):
-                body = {"input": f'/call nap {{"seconds": 0.05, "label": "task {n}"}}', "idempotency_key": f"k{n}"}
+                # naps longer than CLAIM_AFTER: an attempt is claimed (and counted in attempts) while it runs
+                body = {"input": f'/call nap {{"seconds": 0.1, "label": "task {n}"}}', "idempotency_key": f"k{n}"}
                 async with session.post(f"{base}/agents/napper/tasks", json=body) as response:
                     assert response.status in (200, 202), await response.text()
                     ids.append((await response.json())["execution_id"])

@@ -264,6 +264,74 @@ async def test_cancelling_a_running_and_a_finished_execution(make_platform, agen
         await platform.orchestrator.cancel(execution.execution_id)
 
 
+async def test_a_quick_task_is_recorded_by_one_write_and_a_longer_one_is_running_while_it_runs(
+        make_platform, agents_dir):
+    (agents_dir / "sleepy.yaml").write_text(agent_yaml("sleepy", "sleepy"))
+    platform = await make_platform()
+    store = platform.store
+    writes: list[tuple[str, str]] = []
+    claim, update = store.claim_execution, store.update_execution
+
+    async def counted_claim(execution_id, started_at):
+        writes.append(("claim", execution_id))
+        return await claim(execution_id, started_at)
+
+    async def counted_update(execution_id, **fields):
+        writes.append(("update", execution_id))
+        return await update(execution_id, **fields)
+
+    store.claim_execution, store.update_execution = counted_claim, counted_update
+    quick = await submit_and_wait(platform, "echo-agent", "hello")
+    stored = await store.get_execution(quick.execution_id)
+    # the execution travelled with its task: no claim, one write records the attempt and its result
+    assert writes == [("update", quick.execution_id)]
+    assert stored.status == "completed" and stored.result == "hello" and stored.attempts == 1
+    assert stored.started_at is not None and stored.started_at <= stored.completed_at
+
+    slow, _ = await platform.orchestrator.submit("sleepy", 0.5)
+    seen = set()
+    for _ in range(300):
+        execution = await store.get_execution(slow.execution_id)
+        seen.add(execution.status)
+        if execution.terminal:
+            break
+        await asyncio.sleep(0.01)
+    # past CLAIM_AFTER it is claimed: the store shows it running, then finished, as one attempt
+    assert "running" in seen and execution.status == "completed" and execution.attempts == 1
+    assert [kind for kind, execution_id in writes if execution_id == slow.execution_id] == ["claim", "update"]
+
+
+async def test_a_task_cancelled_by_another_process_before_its_claim_stops_there(make_platform, agents_dir):
+    (agents_dir / "sleepy.yaml").write_text(agent_yaml("sleepy", "sleepy"))
+    platform = await make_platform()
+    execution, _ = await platform.orchestrator.submit("sleepy", 30)
+    # what cancel() in another process does: only the store changes, this process is not told
+    assert await platform.store.update_execution(execution.execution_id, expect_status=("queued",),
+                                                 status="cancelled", error_message="cancelled elsewhere")
+    for _ in range(100):
+        if not platform.orchestrator._running and not platform.orchestrator._handlers:
+            break
+        await asyncio.sleep(0.01)
+    assert not platform.orchestrator._running  # the claim found it cancelled: the mode was stopped there
+    stored = await platform.store.get_execution(execution.execution_id)
+    assert stored.status == "cancelled" and stored.result is None and stored.attempts == 0
+
+
+async def test_a_redelivered_task_is_claimed_first_so_a_finished_one_does_not_run_again(
+        make_platform, agents_dir, modes):
+    from agentrunner.interfaces import Event
+
+    (agents_dir / "flaky.yaml").write_text(agent_yaml("flaky", "flaky"))
+    platform = await make_platform()
+    finished = await submit_and_wait(platform, "flaky", "once")
+    assert finished.status == "completed" and modes.calls == 1
+    # the worker stored the result but died before its acknowledgement: the bus delivers the task again
+    payload = {"execution_id": finished.execution_id, "agent_name": "flaky", "execution": finished.to_json()}
+    await platform.orchestrator._on_task(Event("autonomous.task.submitted", payload, {"delivery_count": 2}))
+    assert modes.calls == 1
+    assert (await platform.store.get_execution(finished.execution_id)).attempts == 1
+
+
 async def test_task_n_plus_one_stays_queued_until_a_slot_frees(make_platform, agents_dir, modes):
     (agents_dir / "gate.yaml").write_text(agent_yaml("gate", "gate"))
     platform = await make_platform(WORKER_PROCESSES="1", WORKER_THREADS_PER_PROCESS="2")

@@ -55,6 +55,9 @@ INPUT_KEY = "agentrunner.input"
 #: How many finished executions each process remembers for wait() (bounded: memory stays flat).
 FINISHED_KEPT = 1024
 EVENTS_QUEUE = "agentrunner.events"
+#: A task published with its execution (a first delivery) runs at once and is claimed (status ``running``
+#: in the store) only if it takes longer than this many seconds: a quick one is recorded with a single write.
+CLAIM_AFTER = 0.05
 
 
 class AgentNotFound(LookupError):
@@ -220,6 +223,21 @@ class ExecutionContext:
         self.model = ""
         self.details: dict[str, Any] = {}
         self._tools: dict[str, Tool] | None = None
+        #: the store's claim of this attempt: None until one is made (a task run before it is claimed)
+        self._claim: asyncio.Future | None = None
+
+    async def _claimed(self) -> bool:
+        """Whether this attempt holds the execution (``running`` in the store), claiming it now if it
+        ran unclaimed so far; False when it may not go on (cancelled, or finished by another delivery)."""
+        if self._claim is None:
+            execution = self._execution
+            self._claim = asyncio.ensure_future(
+                self._orchestrator.store.claim_execution(execution.execution_id, execution.started_at))
+        claimed = await asyncio.shield(self._claim)  # ask() and the time limit may both be waiting for it
+        if claimed is None:
+            return False
+        self._execution.attempts = claimed.attempts
+        return True
 
     async def complete(self, messages: list[Message], **overrides: Any) -> CompletionResponse:
         """Ask the agent's own LLM; provider errors worth retrying follow the agent's retry policy.
@@ -381,6 +399,8 @@ class ExecutionContext:
         answer = asyncio.get_running_loop().create_future()
         orchestrator._questions[execution_id] = answer
         self.details["question"] = question
+        if not await self._claimed():
+            raise asyncio.CancelledError(f"execution {execution_id} was cancelled or finished elsewhere")
         try:
             await orchestrator.store.update_execution(execution_id, expect_status=("running",),
                                                       status="awaiting_input", details=self.details)
@@ -562,7 +582,7 @@ class Orchestrator:
             self.metrics.task_submitted(agent_name)
             self._submitted.add(stored.execution_id)
             try:
-                await self._publish_task(agent, stored)
+                await self._publish_task(agent, stored, whole=True)
             except BusUnavailable as exc:  # refused (a full queue) or no broker: the submitter hears it now
                 self._submitted.discard(stored.execution_id)
                 self.streams.discard(stored.execution_id)
@@ -573,10 +593,12 @@ class Orchestrator:
             self.streams.discard(execution.execution_id)
         return stored, created
 
-    async def _publish_task(self, agent: Any, execution: Execution, *, not_before: float | None = None) -> None:
+    async def _publish_task(self, agent: Any, execution: Execution, *, not_before: float | None = None,
+                            whole: bool = False) -> None:
         """Put the task on the bus; ``not_before`` (a Unix time) makes the consumer wait until then.
 
-        A delayed retry travels as a message right away, so it survives this process.
+        A delayed retry travels as a message right away, so it survives this process. ``whole``: the
+        execution just created travels with it, so its first delivery can run without reading the store.
         """
         headers: dict[str, Any] = {"trace_id": execution.trace_id, "task": True}
         if not_before is not None:
@@ -584,8 +606,10 @@ class Orchestrator:
         if not getattr(self.bus, "process_local", False):
             # whoever submitted it may wait for it: the process that finishes it tells that one directly
             headers["reply_to"] = self._reply_to.get(execution.execution_id, self.process_id)
-        await self.bus.publish(task_routing_key(agent.execution_mode, agent.name),
-                               {"execution_id": execution.execution_id, "agent_name": agent.name}, headers)
+        payload: dict[str, Any] = {"execution_id": execution.execution_id, "agent_name": agent.name}
+        if whole:
+            payload["execution"] = execution.to_json()
+        await self.bus.publish(task_routing_key(agent.execution_mode, agent.name), payload, headers)
 
     async def wait(self, execution_id: str, timeout: float | None) -> Execution | None:
         """The execution once terminal (or ``awaiting_input``), or as it is when ``timeout`` runs out."""
@@ -755,7 +779,10 @@ class Orchestrator:
             reply_to = event.headers.get("reply_to")
             if reply_to:
                 self._reply_to[execution_id] = reply_to
-            await self._handle_task(execution_id, event.payload["agent_name"])
+            # the execution as submitted, on a first delivery only: a redelivery may follow an attempt
+            # that ran (or finished) already, so it is claimed from the store first
+            whole = event.payload.get("execution") if event.headers.get("delivery_count", 1) == 1 else None
+            await self._handle_task(execution_id, event.payload["agent_name"], whole)
         finally:
             self._reply_to.pop(event.payload.get("execution_id"), None)
             self._handlers -= 1
@@ -763,7 +790,7 @@ class Orchestrator:
             if not self._handlers:
                 self._idle.set()
 
-    async def _handle_task(self, execution_id: str, agent_name: str) -> None:
+    async def _handle_task(self, execution_id: str, agent_name: str, whole: dict[str, Any] | None = None) -> None:
         async with self._slots:
             if not self._accepting:
                 # stopping: the bus must keep the message (a durable bus redelivers it; the store has the
@@ -781,12 +808,20 @@ class Orchestrator:
             lock = self._agent_locks.setdefault(agent.name, asyncio.Lock()) if getattr(
                 mode, "ordered", agent.execution_mode == "continuous") else contextlib.nullcontext()
             async with lock:
+                if whole is not None:
+                    # run at once, unclaimed: a quick execution is recorded by one write (_finish), a longer
+                    # one is claimed after CLAIM_AFTER s, and stops there if it was cancelled meanwhile
+                    execution = Execution.from_json(whole)
+                    execution.status, execution.started_at, execution.attempts = "running", utcnow(), \
+                        execution.attempts + 1
+                    await self._run(agent, mode, execution, claimed=False)
+                    return
                 # the claim reads the execution too; None: finished, cancelled or unknown (a redelivery)
                 execution = await self.store.claim_execution(execution_id, utcnow())
                 if execution is not None:
                     await self._run(agent, mode, execution)
 
-    async def _run(self, agent: Any, mode: Any, execution: Execution) -> None:
+    async def _run(self, agent: Any, mode: Any, execution: Execution, *, claimed: bool = True) -> None:
         uses_state = getattr(mode, "uses_state", agent.execution_mode not in ("autonomous", "scheduled"))
         stored_state = None
         if uses_state:
@@ -795,6 +830,9 @@ class Orchestrator:
         state = dict(stored_state.state_data) if stored_state else {}
         snapshot = json.dumps(state, sort_keys=True, default=str) if uses_state else None
         ctx = ExecutionContext(self, agent, execution, state)
+        if claimed:
+            ctx._claim = asyncio.get_running_loop().create_future()
+            ctx._claim.set_result(execution)
         soft, hard = self._time_limits(agent)
         # every log line of this execution — ours, a provider's, a tool's — carries its ids
         token = logs.EXECUTION.set(ctx._log_extra())
@@ -840,14 +878,21 @@ class Orchestrator:
         inner = asyncio.ensure_future(mode.execute(ctx))
         self._running[execution_id] = inner
         try:
-            if await _ended_within(inner, soft):
+            waited = 0.0
+            if ctx._claim is None:  # unclaimed: claim it unless it ends within CLAIM_AFTER
+                waited = min(CLAIM_AFTER, soft)
+                if not await _ended_within(inner, waited) and not await ctx._claimed():
+                    inner.cancel()  # cancelled meanwhile, or finished by another delivery: nothing to record
+                    await _ended_within(inner, max(0.0, hard - waited))
+                    raise asyncio.CancelledError
+            if await _ended_within(inner, soft - waited):
                 return inner.result()
             inner.cancel()  # the soft limit: the mode sees CancelledError and may clean up
             if not await _ended_within(inner, max(0.0, hard - soft)):
                 log.error("execution %s ignored cancellation; abandoned at the hard time limit", execution_id,
                           extra=ctx._log_extra())
             raise TimeoutError
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled, or the claim failed (the store is down): the mode stops too
             inner.cancel()
             raise
         finally:
@@ -873,6 +918,8 @@ class Orchestrator:
         policy = RetryPolicy.of(agent)
         retryable = not isinstance(exc, ProviderError | ExecutionFailed) and getattr(exc, "retryable", True)
         if retryable and execution.attempts <= policy.max_retries:
+            if not await ctx._claimed():  # the retry counts this attempt: the store must have it
+                return  # cancelled meanwhile, or finished by another delivery
             delay = policy.delay(execution.attempts)
             requeued = await self.store.update_execution(
                 execution.execution_id, expect_status=("running",), status="queued", error_message=message)
@@ -907,6 +954,8 @@ class Orchestrator:
                                "model": ctx.model or ctx.agent.llm_config.model}
             if ctx.details:
                 fields["details"] = ctx.details
+            if ctx._claim is None:  # ran unclaimed: this write records the attempt too
+                fields.update(started_at=execution.started_at, attempts=execution.attempts)
         changed = await self.store.update_execution(execution.execution_id,
                                                     expect_status=("queued", "running", "awaiting_input"), **fields)
         if not changed:
