@@ -271,9 +271,11 @@ class EventBus(Protocol):
     async def health(self) -> None: ...
 
     async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
-                      persistent: bool = True) -> None:
+                      persistent: bool = True, also: Sequence[str] = ()) -> None:
         """``persistent=False``: a notification that has another way to arrive, which the bus may lose
-        when it restarts (RabbitMQ: a transient message, never written to disk)."""
+        when it restarts (RabbitMQ: a transient message, never written to disk). ``also``: more routing
+        keys the one message is routed by; a queue any of the keys match gets it once, and it arrives
+        with ``routing_key`` (RabbitMQ: the BCC header, which the broker removes)."""
 
     async def subscribe(
         self, queue: str, patterns: Sequence[str], handler: EventHandler, *, concurrency: int = 1,

@@ -219,19 +219,26 @@ class MemoryEventBus:
             raise ConnectionError("the in-memory event bus is not started")
 
     async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
-                      persistent: bool = True) -> None:
+                      persistent: bool = True, also: Sequence[str] = ()) -> None:
         """(``persistent`` changes nothing here: every message of this bus ends with its process.)"""
-        targets = self._routes.get(routing_key)
-        if targets is None:
-            if len(self._routes) >= ROUTES_KEPT:
-                self._routes.clear()
-            targets = self._routes[routing_key] = self._trie.match(routing_key)
+        targets = self._targets(routing_key)
+        if also:
+            targets = targets.union(*map(self._targets, also))
         if not targets:
             return  # unroutable, as on a topic exchange: dropped (and never serialised)
         body = _encode(payload)
         message_id = new_id()
         for queue_name in targets:
             self._queues[queue_name].put((routing_key, body, dict(headers or {}), message_id, 0))
+
+    def _targets(self, routing_key: str) -> set[str]:
+        """The queues whose bindings match ``routing_key`` (remembered until the bindings change)."""
+        targets = self._routes.get(routing_key)
+        if targets is None:
+            if len(self._routes) >= ROUTES_KEPT:
+                self._routes.clear()
+            targets = self._routes[routing_key] = self._trie.match(routing_key)
+        return targets
 
     async def subscribe(self, queue: str, patterns: Sequence[str], handler: Any, *, concurrency: int = 1,
                         exclusive: bool = False, single_active: bool = False,

@@ -22,6 +22,15 @@ async def eventually(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def _collector(got: dict[str, list]):
+    """``collector(name)``: a handler that appends each event to ``got[name]``."""
+    def collector(name):
+        async def handle(event):
+            got[name].append(event)
+        return handle
+    return collector
+
+
 class EventBusContract:
     """Routing, competing consumers, redelivery, bindings, exclusivity, draining."""
 
@@ -31,11 +40,7 @@ class EventBusContract:
 
     async def test_messages_reach_every_matching_queue_once(self, bus, prefix):
         got: dict[str, list] = {"a": [], "b": [], "c": []}
-
-        def collector(name):
-            async def handle(event):
-                got[name].append(event)
-            return handle
+        collector = _collector(got)
 
         await bus.subscribe(f"{prefix}.a", [f"{prefix}.order.*"], collector("a"))
         await bus.subscribe(f"{prefix}.b", [f"{prefix}.#"], collector("b"))
@@ -50,6 +55,23 @@ class EventBusContract:
         assert event.headers["trace_id"] == "t-1"
         assert event.headers["delivery_count"] == 1
         assert event.message_id and event.message_id == got["b"][0].message_id
+
+    async def test_one_message_routed_by_more_keys_reaches_each_matching_queue_once(self, bus, prefix):
+        got: dict[str, list] = {"main": [], "copy": [], "both": [], "none": []}
+        collector = _collector(got)
+
+        await bus.subscribe(f"{prefix}.main", [f"{prefix}.done.*"], collector("main"))
+        await bus.subscribe(f"{prefix}.copy", [f"{prefix}.reply.p1"], collector("copy"))
+        await bus.subscribe(f"{prefix}.both", [f"{prefix}.#"], collector("both"))
+        await bus.subscribe(f"{prefix}.none", [f"{prefix}.reply.p2"], collector("none"))
+        await bus.publish(f"{prefix}.done.x", {"n": 1}, {"trace_id": "t-1"}, also=[f"{prefix}.reply.p1"])
+        await eventually(lambda: all(len(got[name]) == 1 for name in ("main", "copy", "both")))
+        await asyncio.sleep(0.1)
+        assert got["none"] == [] and len(got["both"]) == 1  # matched by both keys, delivered once
+        copy = got["copy"][0]
+        assert copy.routing_key == f"{prefix}.done.x" and copy.payload == {"n": 1}
+        assert copy.headers["trace_id"] == "t-1" and "BCC" not in copy.headers
+        assert copy.message_id == got["main"][0].message_id
 
     async def test_consumers_of_one_queue_compete(self, bus, prefix):
         seen: list[int] = []

@@ -235,15 +235,20 @@ class RabbitMQEventBus:
     # --- publishing ---------------------------------------------------------------
 
     async def publish(self, routing_key: str, payload: Any, headers: Mapping[str, Any] | None = None, *,
-                      persistent: bool = True) -> None:
+                      persistent: bool = True, also: Sequence[str] = ()) -> None:
         """Publish a JSON message, persistent unless ``persistent=False`` (a notification: transient, so
-        RabbitMQ never writes it to disk); returns once RabbitMQ confirmed it.
+        RabbitMQ never writes it to disk); returns once RabbitMQ confirmed it. ``also``: more routing keys
+        for the same message, in its BCC header (RabbitMQ routes by them too, once per queue, and removes
+        the header before delivery).
 
         Raises ``MessageRejected`` when a queue it routes to is full, ``BusUnavailable``
         when the broker cannot be reached within ``RABBITMQ_CONNECTION_TIMEOUT``.
         """
         body = _encode(payload).encode()
-        message = aio_pika.Message(body, headers=dict(headers or {}), content_type="application/json",
+        fields = dict(headers or {})
+        if also:
+            fields["BCC"] = list(also)
+        message = aio_pika.Message(body, headers=fields, content_type="application/json",
                                    delivery_mode=_PERSISTENT if persistent else _TRANSIENT, message_id=new_id(),
                                    timestamp=datetime.datetime.now(datetime.UTC))
         await self._send(routing_key, message)
