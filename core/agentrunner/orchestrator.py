@@ -58,6 +58,12 @@ EVENTS_QUEUE = "agentrunner.events"
 #: A task published with its execution (a first delivery) runs at once and is claimed (status ``running``
 #: in the store) only if it takes longer than this many seconds: a quick one is recorded with a single write.
 CLAIM_AFTER = 0.05
+#: The header of a completion event that carries the finished execution to the process that submitted it
+#: (the event is routed to that process too, so one message is both): JSON text of at most
+#: NOTICE_HEADER_MAX bytes, which fits in the smallest frame RabbitMQ allows (4096, RABBITMQ_FRAME_MAX)
+#: with the other headers; a larger execution goes in a notice of its own.
+EXECUTION_HEADER = "agentrunner_execution"
+NOTICE_HEADER_MAX = 3000
 
 
 class AgentNotFound(LookupError):
@@ -674,6 +680,8 @@ class Orchestrator:
         payload = event.payload or {}
         execution_id = payload.get("execution_id")
         whole = payload.get("execution")
+        if whole is None and EXECUTION_HEADER in event.headers:  # a completion event routed here too
+            whole = json.loads(event.headers[EXECUTION_HEADER])
         if whole:
             # kept among the finished even with nobody waiting yet: the notice may arrive before the
             # submitter starts waiting (it was still awaiting the broker's confirm of the task's publish,
@@ -971,12 +979,19 @@ class Orchestrator:
         routing_key = "agent.execution.completed" if status == "completed" else "agent.execution.failed"
         payload = {"execution_id": execution.execution_id, "agent_name": execution.agent_name, "status": status,
                    "result": result, "error_message": error, "trace_id": execution.trace_id}
-        event = self.bus.publish(routing_key, payload, self.event_headers(execution))
-        if self._submitter_elsewhere(execution.execution_id):
-            # the submitter's notice and the event go out together: one broker round trip, not two
-            await asyncio.gather(self._notify_submitter(execution.execution_id, status, execution), event)
-        else:
-            await event
+        headers = self.event_headers(execution)
+        reply_to = self._submitter_elsewhere(execution.execution_id)
+        if not reply_to:
+            await self.bus.publish(routing_key, payload, headers)
+            return True
+        whole = json.dumps(execution.to_json())  # ASCII: as many bytes as characters
+        if len(whole) <= NOTICE_HEADER_MAX:
+            # the event is the submitter's notice too: routed to its process as well, one message
+            headers[EXECUTION_HEADER] = whole
+            await self.bus.publish(routing_key, payload, headers, also=[f"{DONE_PREFIX}.{reply_to}"])
+        else:  # the notice and the event go out together: one broker round trip, not two
+            await asyncio.gather(self._notify_submitter(execution.execution_id, status, execution),
+                                 self.bus.publish(routing_key, payload, headers))
         return True
 
     # --- events -----------------------------------------------------------------

@@ -6,9 +6,11 @@ import asyncio
 import time
 
 import agentrunner_rabbitmq
+import pytest
 from rabbitmq_support import broker_environ
 
 import agentrunner
+from agentrunner.orchestrator import NOTICE_HEADER_MAX
 from agentrunner.testing.platform import http_client, running_platform
 
 ECHO = """\
@@ -113,17 +115,29 @@ async def test_tasks_submitted_to_one_process_run_in_both_and_wake_the_submitter
         broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
 
 
-async def test_a_notice_that_arrives_before_the_submitter_waits_spares_a_store_read(tmp_path, broker):
+@pytest.mark.parametrize("size", [10, 5000])
+async def test_a_notice_that_arrives_before_the_submitter_waits_spares_a_store_read(tmp_path, broker, size):
     """The process that ran a task tells the submitter with the whole execution; when that arrives before
     anyone waits (the broker may confirm the task's publish after the notice is delivered), a later wait
-    still finds it without reading the store."""
+    still finds it without reading the store. A small execution rides on the completion event itself (one
+    message, routed to the submitter too); one too large for a header goes in a notice of its own."""
     environ = broker_environ(broker.exchange)
     async with running_platform(tmp_path, environ, files={"tagged.yaml": TAGGED},
                                 plugins=[*PLUGINS, (TaggedPlugin("first"), "tagged")]) as first, \
             running_platform(tmp_path, environ, plugins=[*PLUGINS, (TaggedPlugin("second"), "tagged")]) as second:
         broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
+        sent: list[str] = []
+        publish = second.bus.publish
+
+        async def counted(routing_key, payload, headers=None, **options):
+            sent.append(routing_key)
+            await publish(routing_key, payload, headers, **options)
+
+        second.bus.publish = counted
         orchestrator = first.orchestrator
-        submitted = [(await orchestrator.submit("tagged-bot", f"task {n}"))[0].execution_id for n in range(12)]
+        padding = "x" * size
+        submitted = [(await orchestrator.submit("tagged-bot", f"task {n} {padding}"))[0].execution_id
+                     for n in range(12)]
         deadline = time.monotonic() + 10
         while not all(execution_id in orchestrator._finished for execution_id in submitted):
             assert time.monotonic() < deadline, "the submitter did not hear of every execution"
@@ -135,7 +149,12 @@ async def test_a_notice_that_arrives_before_the_submitter_waits_spares_a_store_r
         orchestrator.store.get_execution = no_reads
         finished = [await orchestrator.wait(execution_id, 5) for execution_id in submitted]
         assert [execution.status for execution in finished] == ["completed"] * 12
-        assert "second" in {execution.result.split(": ")[0] for execution in finished}  # notices did arrive
+        by_second = [execution for execution in finished if execution.result.startswith("second: ")]
+        assert by_second  # notices did arrive from the other process
+        assert all(execution.result.endswith(padding) for execution in finished)
+        notices = [key for key in sent if key.startswith("agentrunner.done.")]
+        assert sent.count("agent.execution.completed") == len(by_second)
+        assert len(notices) == (0 if size < NOTICE_HEADER_MAX else len(by_second))
         broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
 
 
