@@ -332,6 +332,31 @@ async def test_a_redelivered_task_is_claimed_first_so_a_finished_one_does_not_ru
     assert (await platform.store.get_execution(finished.execution_id)).attempts == 1
 
 
+async def test_a_slot_is_free_once_the_execution_ends_even_while_its_event_is_being_published(make_platform):
+    platform = await make_platform(WORKER_PROCESSES="1", WORKER_THREADS_PER_PROCESS="1")
+    assert platform.orchestrator.slots == 1
+    gate = asyncio.Event()
+    publish = platform.bus.publish
+
+    async def slow_events(routing_key, payload, headers=None, **options):
+        if routing_key == "agent.execution.completed":
+            await gate.wait()  # a broker slow to confirm the completion event
+        await publish(routing_key, payload, headers, **options)
+
+    platform.bus.publish = slow_events
+    first, _ = await platform.orchestrator.submit("echo-agent", "one")
+    second, _ = await platform.orchestrator.submit("echo-agent", "two")
+    for _ in range(300):
+        stored = [await platform.store.get_execution(e.execution_id) for e in (first, second)]
+        if all(execution.status == "completed" for execution in stored):
+            break
+        await asyncio.sleep(0.01)
+    # the only slot ran the second task while the first one's event was still on its way
+    assert [execution.status for execution in stored] == ["completed", "completed"]
+    gate.set()
+    assert (await platform.orchestrator.wait(first.execution_id, 5)).result == "one"
+
+
 async def test_task_n_plus_one_stays_queued_until_a_slot_frees(make_platform, agents_dir, modes):
     (agents_dir / "gate.yaml").write_text(agent_yaml("gate", "gate"))
     platform = await make_platform(WORKER_PROCESSES="1", WORKER_THREADS_PER_PROCESS="2")

@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import attrs
@@ -231,6 +231,8 @@ class ExecutionContext:
         self._tools: dict[str, Tool] | None = None
         #: the store's claim of this attempt: None until one is made (a task run before it is claimed)
         self._claim: asyncio.Future | None = None
+        #: gives the worker slot back once the result is stored (None: not run from a slot)
+        self._release_slot: Callable[[], None] | None = None
 
     async def _claimed(self) -> bool:
         """Whether this attempt holds the execution (``running`` in the store), claiming it now if it
@@ -491,8 +493,11 @@ class Orchestrator:
                 if mode in ORDERED_MODES:
                     continue  # one queue per agent (sync_ordered_queues)
                 for _ in range(consumers):
+                    # twice the slots: a handler whose execution has ended gives its slot back while it records
+                    # the result and publishes the event, and the next task starts meanwhile
                     subscription = await self.bus.subscribe(f"agentrunner.tasks.{mode}", [task_binding(mode)],
-                                                            self._on_task, concurrency=self.slots, prefetch=prefetch)
+                                                            self._on_task, concurrency=2 * self.slots,
+                                                            prefetch=prefetch)
                     self._subscriptions.append(subscription)
             self._consuming = True
             async with self._registering(sorted(self.config.agents)):
@@ -799,37 +804,56 @@ class Orchestrator:
                 self._idle.set()
 
     async def _handle_task(self, execution_id: str, agent_name: str, whole: dict[str, Any] | None = None) -> None:
-        async with self._slots:
-            if not self._accepting:
-                # stopping: the bus must keep the message (a durable bus redelivers it; the store has the
-                # execution queued for the in-memory bus's recovery) — returning would acknowledge it
-                raise asyncio.CancelledError("stopping: the task goes back to the bus")
-            if execution_id in self._running:
-                return  # a redelivery while this process runs it
-            agent = self.config.get(agent_name)
-            if agent is None:
-                execution = await self.store.get_execution(execution_id)
-                if execution is not None and not execution.terminal:
-                    await self._finish(execution, "failed", error=f"agent {agent_name!r} is not loaded")
-                return
-            mode = self.registry.execution_modes[agent.execution_mode]
-            lock = self._agent_locks.setdefault(agent.name, asyncio.Lock()) if getattr(
-                mode, "ordered", agent.execution_mode == "continuous") else contextlib.nullcontext()
-            async with lock:
-                if whole is not None:
-                    # run at once, unclaimed: a quick execution is recorded by one write (_finish), a longer
-                    # one is claimed after CLAIM_AFTER s, and stops there if it was cancelled meanwhile
-                    execution = Execution.from_json(whole)
-                    execution.status, execution.started_at, execution.attempts = "running", utcnow(), \
-                        execution.attempts + 1
-                    await self._run(agent, mode, execution, claimed=False)
-                    return
-                # the claim reads the execution too; None: finished, cancelled or unknown (a redelivery)
-                execution = await self.store.claim_execution(execution_id, utcnow())
-                if execution is not None:
-                    await self._run(agent, mode, execution)
+        await self._slots.acquire()
+        held = True
 
-    async def _run(self, agent: Any, mode: Any, execution: Execution, *, claimed: bool = True) -> None:
+        def release_slot() -> None:
+            # once the execution has ended (_finish), before it is recorded and its event published: the
+            # slots bound executions running, so the next task need not wait for the store and the broker,
+            # and a busy process batches more writes and messages (the handlers are 2 × the slots)
+            nonlocal held
+            if held:
+                held = False
+                self._slots.release()
+
+        try:
+            await self._take_task(execution_id, agent_name, whole, release_slot)
+        finally:
+            release_slot()
+
+    async def _take_task(self, execution_id: str, agent_name: str, whole: dict[str, Any] | None,
+                         release_slot: Callable[[], None]) -> None:
+        if not self._accepting:
+            # stopping: the bus must keep the message (a durable bus redelivers it; the store has the
+            # execution queued for the in-memory bus's recovery) — returning would acknowledge it
+            raise asyncio.CancelledError("stopping: the task goes back to the bus")
+        if execution_id in self._running:
+            return  # a redelivery while this process runs it
+        agent = self.config.get(agent_name)
+        if agent is None:
+            execution = await self.store.get_execution(execution_id)
+            if execution is not None and not execution.terminal:
+                await self._finish(execution, "failed", error=f"agent {agent_name!r} is not loaded")
+            return
+        mode = self.registry.execution_modes[agent.execution_mode]
+        lock = self._agent_locks.setdefault(agent.name, asyncio.Lock()) if getattr(
+            mode, "ordered", agent.execution_mode == "continuous") else contextlib.nullcontext()
+        async with lock:
+            if whole is not None:
+                # run at once, unclaimed: a quick execution is recorded by one write (_finish), a longer
+                # one is claimed after CLAIM_AFTER s, and stops there if it was cancelled meanwhile
+                execution = Execution.from_json(whole)
+                execution.status, execution.started_at, execution.attempts = "running", utcnow(), \
+                    execution.attempts + 1
+                await self._run(agent, mode, execution, claimed=False, release_slot=release_slot)
+                return
+            # the claim reads the execution too; None: finished, cancelled or unknown (a redelivery)
+            execution = await self.store.claim_execution(execution_id, utcnow())
+            if execution is not None:
+                await self._run(agent, mode, execution, release_slot=release_slot)
+
+    async def _run(self, agent: Any, mode: Any, execution: Execution, *, claimed: bool = True,
+                   release_slot: Callable[[], None] | None = None) -> None:
         uses_state = getattr(mode, "uses_state", agent.execution_mode not in ("autonomous", "scheduled"))
         stored_state = None
         if uses_state:
@@ -838,6 +862,7 @@ class Orchestrator:
         state = dict(stored_state.state_data) if stored_state else {}
         snapshot = json.dumps(state, sort_keys=True, default=str) if uses_state else None
         ctx = ExecutionContext(self, agent, execution, state)
+        ctx._release_slot = release_slot
         if claimed:
             ctx._claim = asyncio.get_running_loop().create_future()
             ctx._claim.set_result(execution)
@@ -957,6 +982,8 @@ class Orchestrator:
         """
         fields: dict[str, Any] = {"status": status, "completed_at": utcnow(), "result": result,
                                   "error_message": error}
+        if ctx is not None and ctx._release_slot is not None:
+            ctx._release_slot()  # the execution has ended: what is left is recording it
         if ctx is not None:
             fields["usage"] = {"input_tokens": ctx.usage.input_tokens, "output_tokens": ctx.usage.output_tokens,
                                "model": ctx.model or ctx.agent.llm_config.model}
