@@ -231,7 +231,7 @@ class ExecutionContext:
         self._tools: dict[str, Tool] | None = None
         #: the store's claim of this attempt: None until one is made (a task run before it is claimed)
         self._claim: asyncio.Future | None = None
-        #: gives the worker slot back once the result is stored (None: not run from a slot)
+        #: gives the worker slot back once the execution has ended (None: not run from a slot)
         self._release_slot: Callable[[], None] | None = None
 
     async def _claimed(self) -> bool:
