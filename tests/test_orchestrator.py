@@ -75,6 +75,12 @@ class ScriptedModes:
                 await ctx.publish("custom.parent.done", {"child": child})
                 return child.upper()
 
+        class GateParent:
+            name = "gate-parent"
+
+            async def execute(self, ctx):
+                return await ctx.submit("gate", ctx.task.input)
+
         class Gate:
             name = "gate"
 
@@ -90,7 +96,7 @@ class ScriptedModes:
                 answer = await ctx.ask(f"which colour for {ctx.task.input}?")
                 return f"{ctx.task.input} in {answer}"
 
-        for mode in (Flaky(), Sleepy(), Stubborn(), Parent(), Gate(), Asker()):
+        for mode in (Flaky(), Sleepy(), Stubborn(), Parent(), GateParent(), Gate(), Asker()):
             register(mode)
 
 
@@ -355,6 +361,37 @@ async def test_a_slot_is_free_once_the_execution_ends_even_while_its_event_is_be
     assert [execution.status for execution in stored] == ["completed", "completed"]
     gate.set()
     assert (await platform.orchestrator.wait(first.execution_id, 5)).result == "one"
+
+
+async def test_a_parent_cancelled_while_taking_its_slot_back_leaves_no_extra_slot(make_platform, agents_dir, modes):
+    (agents_dir / "gate.yaml").write_text(agent_yaml("gate", "gate"))
+    (agents_dir / "gate-parent.yaml").write_text(agent_yaml("gate-parent", "gate-parent"))
+    platform = await make_platform(WORKER_PROCESSES="1", WORKER_THREADS_PER_PROCESS="1")
+    orchestrator = platform.orchestrator
+    parent, _ = await orchestrator.submit("gate-parent", "child")
+    for _ in range(300):  # the parent gave its slot to its child, which holds it at the gate
+        if modes.started == 1 and parent.execution_id in orchestrator._running:
+            break
+        await asyncio.sleep(0.01)
+    assert modes.started == 1
+    inner = orchestrator._running[parent.execution_id]
+    inner.cancel()  # the parent stops waiting for its child and wants its slot back: still busy
+    await asyncio.sleep(0.05)
+    inner.cancel()  # and is cancelled again (its hard limit) while it waits for the slot
+    await asyncio.sleep(0.05)
+    modes.gate.set()
+    for _ in range(300):
+        if not orchestrator._handlers:
+            break
+        await asyncio.sleep(0.01)
+    modes.gate.clear()
+    # one slot still: of two more tasks, one runs and the other waits for it
+    more = [(await orchestrator.submit("gate", n))[0] for n in range(2)]
+    await asyncio.sleep(0.3)
+    assert modes.started == 2
+    modes.gate.set()
+    for execution in more:
+        assert (await orchestrator.wait(execution.execution_id, 5)).status == "completed"
 
 
 async def test_task_n_plus_one_stays_queued_until_a_slot_frees(make_platform, agents_dir, modes):

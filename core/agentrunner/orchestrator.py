@@ -18,7 +18,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import attrs
@@ -126,6 +126,36 @@ async def _ended_within(task: asyncio.Future, seconds: float) -> bool:
     return task.done()
 
 
+class _Slot:
+    """The worker slot of one task handler: given back when the execution ends (or while it waits for a
+    child or an answer, then taken again); never given back twice, so the slots cannot grow."""
+
+    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+        self._semaphore = semaphore
+        self.held = False
+
+    async def acquire(self) -> None:
+        await self._semaphore.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._semaphore.release()
+
+    @contextlib.asynccontextmanager
+    async def released(self) -> AsyncIterator[None]:
+        """Give the slot back for the duration (a parent waiting for its child must not starve it)."""
+        if not self.held:
+            yield
+            return
+        self.release()
+        try:
+            yield
+        finally:
+            await self.acquire()  # if this is cancelled, the slot stays given back: nothing to release
+
+
 class RegistrationTimeout(Exception):
     """Registering the agents on the event bus (their queues, event bindings, restored state and
     ``agent.registered``) took longer than ``AGENT_REGISTRATION_TIMEOUT``."""
@@ -231,8 +261,8 @@ class ExecutionContext:
         self._tools: dict[str, Tool] | None = None
         #: the store's claim of this attempt: None until one is made (a task run before it is claimed)
         self._claim: asyncio.Future | None = None
-        #: gives the worker slot back once the execution has ended (None: not run from a slot)
-        self._release_slot: Callable[[], None] | None = None
+        #: the worker slot this execution runs in, given back once it has ended (None: not run from one)
+        self._slot: _Slot | None = None
 
     async def _claimed(self) -> bool:
         """Whether this attempt holds the execution (``running`` in the store), claiming it now if it
@@ -246,6 +276,10 @@ class ExecutionContext:
             return False
         self._execution.attempts = claimed.attempts
         return True
+
+    def _slot_released(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Without this execution's worker slot for the duration (it waits for a child or an answer)."""
+        return self._slot.released() if self._slot is not None else contextlib.nullcontext()
 
     async def complete(self, messages: list[Message], **overrides: Any) -> CompletionResponse:
         """Ask the agent's own LLM; provider errors worth retrying follow the agent's retry policy.
@@ -391,7 +425,7 @@ class ExecutionContext:
                                                    parent_execution_id=self._execution.execution_id,
                                                    trace_id=self._execution.trace_id)
         # Waiting for a child must not hold a worker slot, or parents could starve their children.
-        async with self._orchestrator.slot_released():
+        async with self._slot_released():
             finished = await self._orchestrator.wait(child.execution_id, None)
         if finished is None or finished.status != "completed":
             raise ExecutionFailed(finished or child)
@@ -419,7 +453,7 @@ class ExecutionContext:
                 "agent.execution.awaiting_input",
                 {"execution_id": execution_id, "agent_name": execution.agent_name, "question": question,
                  "trace_id": execution.trace_id}, orchestrator.event_headers(execution))
-            async with orchestrator.slot_released():
+            async with self._slot_released():
                 value = await answer
         finally:
             orchestrator._questions.pop(execution_id, None)
@@ -765,15 +799,6 @@ class Orchestrator:
 
     # --- consuming tasks ---------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def slot_released(self):
-        """Give this execution's worker slot back while it waits (for a child execution)."""
-        self._slots.release()
-        try:
-            yield
-        finally:
-            await self._slots.acquire()
-
     async def _on_task(self, event: Event) -> None:
         self._handlers += 1
         self._idle.clear()
@@ -804,25 +829,18 @@ class Orchestrator:
                 self._idle.set()
 
     async def _handle_task(self, execution_id: str, agent_name: str, whole: dict[str, Any] | None = None) -> None:
-        await self._slots.acquire()
-        held = True
-
-        def release_slot() -> None:
-            # once the execution has ended (_finish), before it is recorded and its event published: the
-            # slots bound executions running, so the next task need not wait for the store and the broker,
-            # and a busy process batches more writes and messages (the handlers are 2 × the slots)
-            nonlocal held
-            if held:
-                held = False
-                self._slots.release()
-
+        # The slot goes back once the execution has ended (_finish), before it is recorded and its event
+        # published: the slots bound executions running, so the next task need not wait for the store and
+        # the broker, and a busy process batches more writes and messages (the handlers are 2 × the slots).
+        slot = _Slot(self._slots)
+        await slot.acquire()
         try:
-            await self._take_task(execution_id, agent_name, whole, release_slot)
+            await self._take_task(execution_id, agent_name, whole, slot)
         finally:
-            release_slot()
+            slot.release()
 
     async def _take_task(self, execution_id: str, agent_name: str, whole: dict[str, Any] | None,
-                         release_slot: Callable[[], None]) -> None:
+                         slot: _Slot) -> None:
         if not self._accepting:
             # stopping: the bus must keep the message (a durable bus redelivers it; the store has the
             # execution queued for the in-memory bus's recovery) — returning would acknowledge it
@@ -845,15 +863,15 @@ class Orchestrator:
                 execution = Execution.from_json(whole)
                 execution.status, execution.started_at, execution.attempts = "running", utcnow(), \
                     execution.attempts + 1
-                await self._run(agent, mode, execution, claimed=False, release_slot=release_slot)
+                await self._run(agent, mode, execution, claimed=False, slot=slot)
                 return
             # the claim reads the execution too; None: finished, cancelled or unknown (a redelivery)
             execution = await self.store.claim_execution(execution_id, utcnow())
             if execution is not None:
-                await self._run(agent, mode, execution, release_slot=release_slot)
+                await self._run(agent, mode, execution, slot=slot)
 
     async def _run(self, agent: Any, mode: Any, execution: Execution, *, claimed: bool = True,
-                   release_slot: Callable[[], None] | None = None) -> None:
+                   slot: _Slot | None = None) -> None:
         uses_state = getattr(mode, "uses_state", agent.execution_mode not in ("autonomous", "scheduled"))
         stored_state = None
         if uses_state:
@@ -862,7 +880,7 @@ class Orchestrator:
         state = dict(stored_state.state_data) if stored_state else {}
         snapshot = json.dumps(state, sort_keys=True, default=str) if uses_state else None
         ctx = ExecutionContext(self, agent, execution, state)
-        ctx._release_slot = release_slot
+        ctx._slot = slot
         if claimed:
             ctx._claim = asyncio.get_running_loop().create_future()
             ctx._claim.set_result(execution)
@@ -982,8 +1000,8 @@ class Orchestrator:
         """
         fields: dict[str, Any] = {"status": status, "completed_at": utcnow(), "result": result,
                                   "error_message": error}
-        if ctx is not None and ctx._release_slot is not None:
-            ctx._release_slot()  # the execution has ended: what is left is recording it
+        if ctx is not None and ctx._slot is not None:
+            ctx._slot.release()  # the execution has ended: what is left is recording it
         if ctx is not None:
             fields["usage"] = {"input_tokens": ctx.usage.input_tokens, "output_tokens": ctx.usage.output_tokens,
                                "model": ctx.model or ctx.agent.llm_config.model}
