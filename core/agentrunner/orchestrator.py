@@ -438,11 +438,11 @@ class ExecutionContext:
         The wait holds no worker slot and counts towards the execution's time limit."""
         orchestrator = self._orchestrator
         execution_id = self._execution.execution_id
+        if not await self._claimed():  # before the question is registered: nothing is left behind
+            raise asyncio.CancelledError(f"execution {execution_id} was cancelled or finished elsewhere")
         answer = asyncio.get_running_loop().create_future()
         orchestrator._questions[execution_id] = answer
         self.details["question"] = question
-        if not await self._claimed():
-            raise asyncio.CancelledError(f"execution {execution_id} was cancelled or finished elsewhere")
         try:
             await orchestrator.store.update_execution(execution_id, expect_status=("running",),
                                                       status="awaiting_input", details=self.details)

@@ -3,10 +3,9 @@
 Each task costs the store two or three writes (create, finish, and a claim when it runs longer than
 the orchestrator's CLAIM_AFTER), and under load dozens of tasks write at once. One statement and
 one commit for all of them costs the server one WAL flush instead of dozens, and the client one
-round trip. ``GroupWriter`` does this without a timer, so a
-lone write is never held back: the first write goes at once, and the writes that arrive while
-``max_in_flight`` batches are running wait for the next one, which takes them all (up to
-``max_batch``). The busier the store, the larger the batches.
+round trip. ``GroupWriter`` does this without a timer, so a lone write is never held back: the first
+write goes at once, and the writes that arrive while ``max_in_flight`` batches are running wait for
+the next one, which takes them all (up to ``max_batch``). The busier the store, the larger the batches.
 
 A batch never holds two writes with the same key (an execution id): the second waits for the next
 batch, so writes to one row apply in the order they were made, as they would one by one.
