@@ -24,10 +24,18 @@ class RefusingBus(MemoryEventBus):
         await super().publish(routing_key, payload, headers, **options)
 
 
+class DurableRefusingBus(RefusingBus):
+    """As a broker would be: tasks survive the process, so a waited task is stored only when it ends."""
+
+    name = "refusing-durable"
+    process_local = False
+
+
 class Plugin:
     @agentrunner.hookimpl
     def register_event_buses(self, register):
         register(RefusingBus)
+        register(DurableRefusingBus)
 
 
 AGENT = textwrap.dedent("""\
@@ -39,10 +47,10 @@ AGENT = textwrap.dedent("""\
     """)
 
 
-@pytest.fixture
-async def platform(tmp_path):
+@pytest.fixture(params=["refusing", "refusing-durable"])
+async def platform(tmp_path, request):
     RefusingBus.refusal = None
-    async with running_platform(tmp_path, {"EVENT_BUS_BACKEND": "refusing"}, files={"busy.yaml": AGENT},
+    async with running_platform(tmp_path, {"EVENT_BUS_BACKEND": request.param}, files={"busy.yaml": AGENT},
                                 plugins=[(Plugin(), "refusing-bus")]) as platform:
         yield platform
     RefusingBus.refusal = None

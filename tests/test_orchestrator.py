@@ -12,6 +12,7 @@ import pytest
 import agentrunner
 from agentrunner.orchestrator import AgentNotFound, InvalidTransition, RetryPolicy, ShuttingDown
 from agentrunner.plugins import make_plugin_manager
+from agentrunner.records import new_id
 from agentrunner.runtime import Platform
 from agentrunner.settings import load_settings
 
@@ -321,6 +322,29 @@ async def test_a_task_cancelled_by_another_process_before_its_claim_stops_there(
     assert not platform.orchestrator._running  # the claim found it cancelled: the mode was stopped there
     stored = await platform.store.get_execution(execution.execution_id)
     assert stored.status == "cancelled" and stored.result is None and stored.attempts == 0
+
+
+async def test_a_task_not_stored_yet_is_stored_by_its_claim_when_delivered_again(make_platform, agents_dir, modes):
+    """A task submitted by a waiting caller travels unstored; if its first consumer died before storing it,
+    the next delivery's claim stores it (from the message), runs it, and records it once."""
+    from agentrunner.interfaces import Event
+    from agentrunner.orchestrator import UNRECORDED_HEADER
+    from agentrunner.records import Execution
+
+    (agents_dir / "flaky.yaml").write_text(agent_yaml("flaky", "flaky"))
+    platform = await make_platform()
+    submitted = Execution(execution_id=new_id(), agent_name="flaky", task_type="autonomous", input="lost once")
+    payload = {"execution_id": submitted.execution_id, "agent_name": "flaky", "execution": submitted.to_json()}
+    assert await platform.store.get_execution(submitted.execution_id) is None
+    await platform.orchestrator._on_task(Event("autonomous.task.submitted", payload,
+                                               {"delivery_count": 2, UNRECORDED_HEADER: True}))
+    stored = await platform.store.get_execution(submitted.execution_id)
+    assert (stored.status, stored.result, stored.attempts) == ("completed", {"attempt": 1, "input": "lost once"}, 1)
+    assert modes.calls == 1
+    # and once more (the second consumer died before its acknowledgement): finished, so not run again
+    await platform.orchestrator._on_task(Event("autonomous.task.submitted", payload,
+                                               {"delivery_count": 3, UNRECORDED_HEADER: True}))
+    assert modes.calls == 1 and (await platform.store.get_execution(submitted.execution_id)).attempts == 1
 
 
 async def test_a_redelivered_task_is_claimed_first_so_a_finished_one_does_not_run_again(

@@ -319,14 +319,23 @@ class StateStore(Protocol):
     async def get_execution(self, execution_id: str) -> Any | None: ...
 
     async def update_execution(self, execution_id: str, *, expect_status: Sequence[str] | None = None,
-                               **fields: Any) -> bool:
+                               insert: Any | None = None, **fields: Any) -> bool:
         """Set ``fields``; with ``expect_status`` only when the current status is one of them.
-        Returns whether a row changed (a compare-and-set for status transitions)."""
+        Returns whether a row changed (a compare-and-set for status transitions).
 
-    async def claim_execution(self, execution_id: str, started_at: Any) -> Any | None:
+        ``insert`` (an execution with this id and no idempotency key): when no execution has this id,
+        store ``insert`` with ``fields`` applied instead, and return True — atomically, so that a
+        concurrent ``create_execution`` of the same execution either comes first (and this updates
+        it) or finds it stored. The orchestrator records a task submitted by a waiting caller this
+        way: one write when it ends, none when it is submitted (see ``Orchestrator.submit``)."""
+
+    async def claim_execution(self, execution_id: str, started_at: Any, *, insert: Any | None = None) -> Any | None:
         """Start an attempt: if the status is ``queued`` or ``running`` (a crashed attempt), set
         ``running``, ``started_at``, clear ``error_message``, add one to ``attempts``, and return the
-        updated execution; otherwise (finished, cancelled, unknown) return None. One round trip."""
+        updated execution; otherwise (finished, cancelled, unknown) return None. One round trip.
+
+        ``insert`` (the execution as submitted): when no execution has this id, store it first, then
+        claim it, atomically."""
 
     async def list_executions(self, *, agent_name: str | None = None, status: str | None = None,
                               limit: int = 50, cursor: str | None = None) -> tuple[list[Any], str | None]:

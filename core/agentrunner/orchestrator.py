@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import itertools
 import json
 import logging
 import random
@@ -58,6 +59,14 @@ EVENTS_QUEUE = "agentrunner.events"
 #: A task published with its execution (a first delivery) runs at once and is claimed (status ``running``
 #: in the store) only if it takes longer than this many seconds: a quick one is recorded with a single write.
 CLAIM_AFTER = 0.05
+#: A task submitted by a caller that waits for it (``submit(record_later=True)``, the HTTP API's ``wait``) is
+#: not stored when submitted: it travels whole, and the process that runs it records it once, when it ends
+#: (or at its claim, CLAIM_AFTER into a longer run). Until it is stored no one else knows its id; the
+#: submitting process stores it anyway once it has waited this many seconds without an answer, so an
+#: execution queued or running for longer is listed, and before it answers a caller whose wait ran out.
+RECORD_AFTER = 0.05
+#: The header of a task whose execution may not be stored yet (the consumer stores it by its first write).
+UNRECORDED_HEADER = "unrecorded"
 #: The header of a completion event that carries the finished execution to the process that submitted it
 #: (the event is routed to that process too, so one message is both): JSON text of at most
 #: NOTICE_HEADER_MAX bytes, which fits in the smallest frame RabbitMQ allows (4096, RABBITMQ_FRAME_MAX)
@@ -101,6 +110,10 @@ class BudgetExceeded(Exception):
 
 class ToolOpenError(Exception):
     """A tool entry could not be made ready (e.g. its MCP server is down); the task may be retried."""
+
+
+def _due(now: float, item: tuple[str, tuple[float, Any]]) -> bool:
+    return item[1][0] <= now
 
 
 def _answer_none(future: asyncio.Future, *_: Any) -> None:
@@ -263,14 +276,17 @@ class ExecutionContext:
         self._claim: asyncio.Future | None = None
         #: the worker slot this execution runs in, given back once it has ended (None: not run from one)
         self._slot: _Slot | None = None
+        #: the execution as submitted, when it may not be stored yet: its claim or its end stores it
+        self._insert: Execution | None = None
 
     async def _claimed(self) -> bool:
         """Whether this attempt holds the execution (``running`` in the store), claiming it now if it
         ran unclaimed so far; False when it may not go on (cancelled, or finished by another delivery)."""
         if self._claim is None:
             execution = self._execution
+            insert = {"insert": self._insert} if self._insert is not None else {}
             self._claim = asyncio.ensure_future(
-                self._orchestrator.store.claim_execution(execution.execution_id, execution.started_at))
+                self._orchestrator.store.claim_execution(execution.execution_id, execution.started_at, **insert))
         claimed = await asyncio.shield(self._claim)  # ask() and the time limit may both be waiting for it
         if claimed is None:
             return False
@@ -493,6 +509,11 @@ class Orchestrator:
         # Executions this process submitted and has not seen finish, and the last ones it saw finish:
         # wait() needs no store read for them (the common case: HTTP submit with `wait`).
         self._submitted: set[str] = set()
+        # Submitted with record_later and not stored yet: id → (when to store it, the execution as submitted),
+        # in submission order; and those being stored now (see RECORD_AFTER).
+        self._unrecorded: dict[str, tuple[float, Execution]] = {}
+        self._recording: dict[str, asyncio.Future] = {}
+        self._recorder: asyncio.Task | None = None
         self._finished: collections.OrderedDict[str, Execution] = collections.OrderedDict()
         self._running: dict[str, asyncio.Future] = {}  # execution id → its mode's future
         self._questions: dict[str, asyncio.Future] = {}  # execution id → the answer a human will give
@@ -583,6 +604,11 @@ class Orchestrator:
             inner.cancel()
         with contextlib.suppress(TimeoutError):  # the cancelled handlers end at once
             await asyncio.wait_for(self._idle.wait(), 5)
+        # submitted here and still unknown to the store: stored now (their tasks are on the bus)
+        await asyncio.gather(*(self._record_now(execution_id) for execution_id in list(self._unrecorded)),
+                             *self._recording.values())
+        if self._recorder is not None:
+            self._recorder.cancel()
         for task in list(self._background):
             task.cancel()
 
@@ -603,12 +629,18 @@ class Orchestrator:
 
     async def submit(self, agent_name: str, input: Any, *, data: dict[str, Any] | None = None,
                      idempotency_key: str | None = None, parent_execution_id: str | None = None,
-                     trace_id: str | None = None, stream: bool = False) -> tuple[Execution, bool]:
+                     trace_id: str | None = None, stream: bool = False,
+                     record_later: bool = False) -> tuple[Execution, bool]:
         """Record and publish a task; returns the execution and whether it is new.
 
         With an ``idempotency_key`` already used for this agent, the first
         execution is returned and nothing is published. ``stream`` keeps the
         text deltas of its model calls for readers (``streams``).
+
+        ``record_later``: the caller waits for the result (``wait``), so nobody else can know the
+        execution's id yet. On a durable bus it is then not stored now: the task carries it, and it is
+        stored by the write that records its end — one write instead of two — or after
+        ``RECORD_AFTER`` seconds without an answer, or before ``wait`` gives up (``RECORD_AFTER``).
         """
         if not self._accepting and parent_execution_id is None:
             raise ShuttingDown("the orchestrator is not taking new tasks")
@@ -622,6 +654,12 @@ class Orchestrator:
         )
         if stream:
             self.streams.open(execution.execution_id)
+        if record_later and idempotency_key is None and not stream \
+                and not getattr(self.bus, "process_local", False):
+            # (an idempotency key needs the store's unique constraint now; an in-memory bus loses its
+            # tasks with the process, and only a stored execution is queued again at the next start)
+            await self._submit_unrecorded(agent, execution)
+            return execution, True
         stored, created = await self.store.create_execution(execution)
         if created:
             self.metrics.task_submitted(agent_name)
@@ -638,8 +676,65 @@ class Orchestrator:
             self.streams.discard(execution.execution_id)
         return stored, created
 
+    async def _submit_unrecorded(self, agent: Any, execution: Execution) -> None:
+        execution_id = execution.execution_id
+        self.metrics.task_submitted(agent.name)
+        self._submitted.add(execution_id)
+        self._unrecorded[execution_id] = (asyncio.get_running_loop().time() + RECORD_AFTER, execution)
+        if self._recorder is None:
+            self._recorder = asyncio.ensure_future(self._record_when_due())
+        try:
+            await self._publish_task(agent, execution, whole=True, unrecorded=True)
+        except BusUnavailable as exc:
+            self._submitted.discard(execution_id)
+            self._unrecorded.pop(execution_id, None)
+            # stored as failed (it may have been stored as queued meanwhile), and the submitter hears it now
+            await self.store.update_execution(execution_id, expect_status=("queued",), insert=execution,
+                                              status="failed", completed_at=utcnow(),
+                                              error_message=f"not queued: {exc}")
+            raise
+
+    async def _record_when_due(self) -> None:
+        """Store the executions submitted with record_later that got no answer within RECORD_AFTER."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._unrecorded:
+                due, _ = next(iter(self._unrecorded.values()))  # the oldest: submission order
+                if due > loop.time():
+                    # (at most every 10 ms: most answers come first, and each would wake it otherwise)
+                    await asyncio.sleep(max(due - loop.time(), 0.01))
+                    continue
+                due_now = [execution_id for execution_id, _ in itertools.takewhile(
+                    functools.partial(_due, loop.time()), self._unrecorded.items())]
+                for execution_id in due_now:
+                    self._start_recording(execution_id)
+        finally:
+            self._recorder = None
+
+    def _start_recording(self, execution_id: str) -> asyncio.Future | None:
+        entry = self._unrecorded.pop(execution_id, None)
+        if entry is not None:
+            recording = asyncio.ensure_future(self._record(entry[1]))
+            self._recording[execution_id] = recording
+            recording.add_done_callback(lambda _: self._recording.pop(execution_id, None))
+        return self._recording.get(execution_id)
+
+    async def _record(self, execution: Execution) -> None:
+        # the process running it may have stored it already (claimed or finished): that row stands
+        try:
+            await self.store.create_execution(execution)
+        except Exception as exc:  # its consumer stores it anyway, when it ends or at its claim
+            log.warning("could not store the queued execution %s (%s); it is stored when it runs",
+                        execution.execution_id, exc)
+
+    async def _record_now(self, execution_id: str) -> None:
+        """Make sure an execution submitted here with record_later is in the store."""
+        recording = self._start_recording(execution_id)
+        if recording is not None:
+            await asyncio.shield(recording)
+
     async def _publish_task(self, agent: Any, execution: Execution, *, not_before: float | None = None,
-                            whole: bool = False) -> None:
+                            whole: bool = False, unrecorded: bool = False) -> None:
         """Put the task on the bus; ``not_before`` (a Unix time) makes the consumer wait until then.
 
         A delayed retry travels as a message right away, so it survives this process. ``whole``: the
@@ -648,6 +743,8 @@ class Orchestrator:
         headers: dict[str, Any] = {"trace_id": execution.trace_id, "task": True}
         if not_before is not None:
             headers["not_before"] = not_before
+        if unrecorded:
+            headers[UNRECORDED_HEADER] = True
         if not getattr(self.bus, "process_local", False):
             # whoever submitted it may wait for it: the process that finishes it tells that one directly
             headers["reply_to"] = self._reply_to.get(execution.execution_id, self.process_id)
@@ -676,7 +773,10 @@ class Orchestrator:
                 execution = await future
             finally:
                 timer.cancel()
-            return execution if execution is not None else await self.store.get_execution(execution_id)
+            if execution is not None:
+                return execution
+            await self._record_now(execution_id)  # the caller gets its id: the store must know it
+            return await self.store.get_execution(execution_id)
         finally:
             waiters = self._waiters.get(execution_id, [])
             if future in waiters:
@@ -685,6 +785,7 @@ class Orchestrator:
                 self._waiters.pop(execution_id, None)
 
     def _wake(self, execution: Execution) -> None:
+        self._unrecorded.pop(execution.execution_id, None)  # its consumer stored it
         if execution.terminal:
             self.streams.finish(execution)
             self._submitted.discard(execution.execution_id)
@@ -817,10 +918,16 @@ class Orchestrator:
             reply_to = event.headers.get("reply_to")
             if reply_to:
                 self._reply_to[execution_id] = reply_to
-            # the execution as submitted, on a first delivery only: a redelivery may follow an attempt
-            # that ran (or finished) already, so it is claimed from the store first
-            whole = event.payload.get("execution") if event.headers.get("delivery_count", 1) == 1 else None
-            await self._handle_task(execution_id, event.payload["agent_name"], whole)
+            whole = event.payload.get("execution")
+            # submitted with record_later: perhaps not stored yet, so the first write of any delivery (its
+            # claim, or its end) stores it from the message if need be
+            insert = Execution.from_json(whole) if whole is not None and event.headers.get(UNRECORDED_HEADER) \
+                else None
+            # the execution as submitted runs at once on a first delivery only: a redelivery may follow an
+            # attempt that ran (or finished) already, so it is claimed from the store first
+            if event.headers.get("delivery_count", 1) != 1:
+                whole = None
+            await self._handle_task(execution_id, event.payload["agent_name"], whole, insert)
         finally:
             self._reply_to.pop(event.payload.get("execution_id"), None)
             self._handlers -= 1
@@ -828,19 +935,20 @@ class Orchestrator:
             if not self._handlers:
                 self._idle.set()
 
-    async def _handle_task(self, execution_id: str, agent_name: str, whole: dict[str, Any] | None = None) -> None:
+    async def _handle_task(self, execution_id: str, agent_name: str, whole: dict[str, Any] | None = None,
+                           insert: Execution | None = None) -> None:
         # The slot goes back once the execution has ended (_finish), before it is recorded and its event
         # published: the slots bound executions running, so the next task need not wait for the store and
         # the broker, and a busy process batches more writes and messages (the handlers are 2 × the slots).
         slot = _Slot(self._slots)
         await slot.acquire()
         try:
-            await self._take_task(execution_id, agent_name, whole, slot)
+            await self._take_task(execution_id, agent_name, whole, slot, insert)
         finally:
             slot.release()
 
     async def _take_task(self, execution_id: str, agent_name: str, whole: dict[str, Any] | None,
-                         slot: _Slot) -> None:
+                         slot: _Slot, insert: Execution | None = None) -> None:
         if not self._accepting:
             # stopping: the bus must keep the message (a durable bus redelivers it; the store has the
             # execution queued for the in-memory bus's recovery) — returning would acknowledge it
@@ -849,9 +957,9 @@ class Orchestrator:
             return  # a redelivery while this process runs it
         agent = self.config.get(agent_name)
         if agent is None:
-            execution = await self.store.get_execution(execution_id)
+            execution = await self.store.get_execution(execution_id) or insert
             if execution is not None and not execution.terminal:
-                await self._finish(execution, "failed", error=f"agent {agent_name!r} is not loaded")
+                await self._finish(execution, "failed", error=f"agent {agent_name!r} is not loaded", insert=insert)
             return
         mode = self.registry.execution_modes[agent.execution_mode]
         lock = self._agent_locks.setdefault(agent.name, asyncio.Lock()) if getattr(
@@ -863,15 +971,16 @@ class Orchestrator:
                 execution = Execution.from_json(whole)
                 execution.status, execution.started_at, execution.attempts = "running", utcnow(), \
                     execution.attempts + 1
-                await self._run(agent, mode, execution, claimed=False, slot=slot)
+                await self._run(agent, mode, execution, claimed=False, slot=slot, insert=insert)
                 return
             # the claim reads the execution too; None: finished, cancelled or unknown (a redelivery)
-            execution = await self.store.claim_execution(execution_id, utcnow())
+            execution = await self.store.claim_execution(execution_id, utcnow(),
+                                                         **({"insert": insert} if insert is not None else {}))
             if execution is not None:
                 await self._run(agent, mode, execution, slot=slot)
 
     async def _run(self, agent: Any, mode: Any, execution: Execution, *, claimed: bool = True,
-                   slot: _Slot | None = None) -> None:
+                   slot: _Slot | None = None, insert: Execution | None = None) -> None:
         uses_state = getattr(mode, "uses_state", agent.execution_mode not in ("autonomous", "scheduled"))
         stored_state = None
         if uses_state:
@@ -881,6 +990,7 @@ class Orchestrator:
         snapshot = json.dumps(state, sort_keys=True, default=str) if uses_state else None
         ctx = ExecutionContext(self, agent, execution, state)
         ctx._slot = slot
+        ctx._insert = insert
         if claimed:
             ctx._claim = asyncio.get_running_loop().create_future()
             ctx._claim.set_result(execution)
@@ -993,7 +1103,8 @@ class Orchestrator:
         task.add_done_callback(self._background.discard)
 
     async def _finish(self, execution: Execution, status: str, *, ctx: ExecutionContext | None = None,
-                      result: Any = None, error: str | None = None, dead_letter: DeadLetter | None = None) -> bool:
+                      result: Any = None, error: str | None = None, dead_letter: DeadLetter | None = None,
+                      insert: Execution | None = None) -> bool:
         """Record a terminal status once, wake waiters, and publish the system event.
 
         Returns False when the execution already had a terminal status (e.g. cancelled).
@@ -1009,8 +1120,11 @@ class Orchestrator:
                 fields["details"] = ctx.details
             if ctx._claim is None:  # ran unclaimed: this write records the attempt too
                 fields.update(started_at=execution.started_at, attempts=execution.attempts)
+                if ctx._insert is not None:  # and may be the first: the execution is stored if it is not yet
+                    insert = execution
         changed = await self.store.update_execution(execution.execution_id,
-                                                    expect_status=("queued", "running", "awaiting_input"), **fields)
+                                                    expect_status=("queued", "running", "awaiting_input"),
+                                                    **({"insert": insert} if insert is not None else {}), **fields)
         if not changed:
             return False  # cancelled meanwhile: the first terminal status stands
         if dead_letter is not None:  # before waking anyone, so a woken waiter finds it

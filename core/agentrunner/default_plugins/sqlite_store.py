@@ -204,6 +204,14 @@ _EXECUTION_ENCODERS: dict[str, Callable[[Any], Any]] = {
 _INSERT_ENCODERS = tuple(_EXECUTION_ENCODERS.get(field) for field in _EXECUTION_FIELDS)
 _execution_values = operator.attrgetter(*_EXECUTION_FIELDS)
 _INPUT_AT, _DATA_AT = _EXECUTION_FIELDS.index("input"), _EXECUTION_FIELDS.index("data")
+def _insert_values(execution: Execution) -> list[Any]:
+    """The parameters of ``_INSERT_EXECUTION``."""
+    values = [value if encode is None else encode(value)
+              for encode, value in zip(_INSERT_ENCODERS, _execution_values(execution), strict=True)]
+    values.append(execution.duration_seconds)
+    return values
+
+
 _INSERT_EXECUTION = (f"INSERT INTO execution_history ({', '.join([*_EXECUTION_FIELDS, 'duration_seconds'])}) "
                      f"VALUES ({', '.join('?' * (len(_EXECUTION_FIELDS) + 1))}) "
                      "ON CONFLICT DO NOTHING RETURNING execution_id")
@@ -766,9 +774,7 @@ class SQLiteStateStore:
     async def create_execution(self, execution: Execution) -> tuple[Execution, bool]:
         """Store a new execution, or return ``(the existing one, False)`` when the agent already
         used its idempotency key, or when an execution with its id exists (a redelivered task)."""
-        values = [value if encode is None else encode(value)
-                  for encode, value in zip(_INSERT_ENCODERS, _execution_values(execution), strict=True)]
-        values.append(execution.duration_seconds)
+        values = _insert_values(execution)
         insert, existing = _INSERT_EXECUTION, _EXISTING_EXECUTION
         key = execution.idempotency_key
 
@@ -795,9 +801,10 @@ class SQLiteStateStore:
         return _execution_from_row(rows[0]) if rows else None
 
     async def update_execution(self, execution_id: str, *, expect_status: Sequence[str] | None = None,
-                               **fields: Any) -> bool:
+                               insert: Execution | None = None, **fields: Any) -> bool:
         """Set ``fields``; with ``expect_status`` only while the status is one of them (compare-and-set).
-        Returns whether the execution was updated. An unknown field is a ``TypeError``."""
+        Returns whether the execution was updated. An unknown field is a ``TypeError``. ``insert``: when
+        no execution has this id, store ``insert`` with ``fields`` applied instead."""
         if isinstance(expect_status, str):
             expect_status = [expect_status]
         if expect_status is not None and not expect_status:
@@ -812,19 +819,44 @@ class SQLiteStateStore:
                 _UPDATES.clear()
             statement = _UPDATES[shape] = _UpdateStatement(*shape)
         sql, params = statement.sql, statement.params(execution_id, fields)
+        if insert is not None:
+            if insert.execution_id != execution_id:
+                raise ValueError(f"update_execution({execution_id!r}): insert is execution {insert.execution_id!r}")
+            row = _insert_values(attrs.evolve(insert, **fields))
+
+            def upsert(conn: sqlite3.Connection) -> bool:
+                # one writer: nothing comes between the two statements
+                return bool(conn.execute(_INSERT_EXECUTION, row).fetchall() or conn.execute(sql, params).fetchall())
+
+            return await self._write(upsert, sync=True)
 
         def op(conn: sqlite3.Connection) -> bool:
             return bool(conn.execute(sql, params).fetchall())
 
         return await self._write(op, savepoint=False, sync=True)
 
-    async def claim_execution(self, execution_id: str, started_at: datetime) -> Execution | None:
+    async def claim_execution(self, execution_id: str, started_at: datetime, *,
+                              insert: Execution | None = None) -> Execution | None:
         """Start an attempt (``queued``/``running`` → ``running``, attempts + 1) and return the execution.
+        ``insert``: the execution as submitted, stored first when no execution has this id.
 
         The first claim of an execution this store inserted reads back only ``attempts``: until its
         first claim nothing but a cancellation (which the claim sees) changes an execution, so the
         row is the inserted execution with the claim's changes."""
         started = _ts(started_at)
+        if insert is not None:
+            if insert.execution_id != execution_id:
+                raise ValueError(f"claim_execution({execution_id!r}): insert is execution {insert.execution_id!r}")
+            row = _insert_values(insert)
+            claim = (started, execution_id)
+
+            def insert_and_claim(conn: sqlite3.Connection) -> Any:
+                conn.execute(_INSERT_EXECUTION, row).fetchall()
+                rows = conn.execute(_CLAIM_RETURNING_ROW, claim).fetchall()
+                return rows[0] if rows else None
+
+            claimed = await self._write(insert_and_claim, sync=True)
+            return _execution_from_row(claimed) if claimed is not None else None
         inserted = self._inserted.pop(execution_id, None)
         sql = _CLAIM_RETURNING_ATTEMPTS if inserted is not None else _CLAIM_RETURNING_ROW
         params = (started, execution_id)

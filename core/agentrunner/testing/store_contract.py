@@ -324,6 +324,70 @@ class StateStoreContract:
         last = max(claims, key=lambda claim: claim.attempts)
         assert await store.get_execution(execution.execution_id) == last
 
+    async def test_an_update_with_insert_stores_an_execution_not_stored_yet(self, store: Any) -> None:
+        # a task submitted by a waiting caller is recorded once, when it ends, with every field
+        submitted = make_execution(_name(), input={"q": "é"}, data={"k": 1}, created_at=T0)
+        running = attrs.evolve(submitted, status="running", started_at=T0 + timedelta(seconds=1), attempts=1)
+        ended = T0 + timedelta(seconds=3.5)
+        assert await store.update_execution(
+            submitted.execution_id, expect_status=["queued", "running"], insert=running, status="completed",
+            completed_at=ended, result={"answer": 42}, started_at=running.started_at, attempts=1) is True
+        expected = attrs.evolve(running, status="completed", completed_at=ended, result={"answer": 42})
+        got = await store.get_execution(submitted.execution_id)
+        assert got == expected and got.duration_seconds == 2.5
+        _assert_utc(got.completed_at)
+
+    async def test_an_update_with_insert_of_a_stored_execution_is_an_update(self, store: Any) -> None:
+        execution = make_execution(_name(), data={"stored": True})
+        await store.create_execution(execution)  # recorded meanwhile (the submitter's deferred create)
+        late = attrs.evolve(execution, data={"stored": False}, status="running", started_at=T0, attempts=1)
+        assert await store.update_execution(execution.execution_id, expect_status=["queued", "running"],
+                                            insert=late, status="completed", completed_at=T0 + timedelta(seconds=1),
+                                            started_at=T0, attempts=1) is True
+        got = await store.get_execution(execution.execution_id)
+        # only the update's fields change: what was stored otherwise stays
+        assert (got.status, got.data, got.attempts, got.duration_seconds) == ("completed", {"stored": True}, 1, 1.0)
+        # a finished (or cancelled) execution is not changed: the compare-and-set holds with insert too
+        assert await store.update_execution(execution.execution_id, expect_status=["queued", "running"],
+                                            insert=late, status="failed", error_message="late") is False
+        assert (await store.get_execution(execution.execution_id)).status == "completed"
+
+    async def test_concurrent_updates_with_insert_all_land(self, store: Any) -> None:
+        executions = [make_execution(_name("many"), input=n) for n in range(40)]
+        stored = executions[::2]
+        for execution in stored:
+            await store.create_execution(execution)
+        results = await asyncio.gather(*(
+            store.update_execution(e.execution_id, expect_status=["queued", "running"], insert=e,
+                                   status="completed", result=e.input, completed_at=T0)
+            for e in executions))
+        assert results == [True] * 40
+        for execution in executions:
+            got = await store.get_execution(execution.execution_id)
+            assert (got.status, got.result, got.input) == ("completed", execution.input, execution.input)
+
+    async def test_a_claim_with_insert_stores_and_claims_an_execution_not_stored_yet(self, store: Any) -> None:
+        submitted = make_execution(_name(), input="hi", data={"k": 1}, created_at=T0)
+        started = T0 + timedelta(seconds=2)
+        claimed = await store.claim_execution(submitted.execution_id, started, insert=submitted)
+        expected = attrs.evolve(submitted, status="running", started_at=started, attempts=1)
+        assert claimed == expected
+        assert await store.get_execution(submitted.execution_id) == expected
+        # claimed again (a redelivery after a crash): the stored row's next attempt
+        again = await store.claim_execution(submitted.execution_id, started + timedelta(seconds=1), insert=submitted)
+        assert (again.attempts, again.started_at) == (2, started + timedelta(seconds=1))
+        # finished: refused, and nothing changes
+        assert await store.update_execution(submitted.execution_id, expect_status=["running"], status="completed")
+        assert await store.claim_execution(submitted.execution_id, started, insert=submitted) is None
+        assert (await store.get_execution(submitted.execution_id)).attempts == 2
+
+    async def test_concurrent_claims_with_insert_each_start_their_own_attempt(self, store: Any) -> None:
+        execution = make_execution(_name())
+        started = [T0 + timedelta(seconds=i) for i in range(10)]
+        claims = await asyncio.gather(*(store.claim_execution(execution.execution_id, at, insert=execution)
+                                        for at in started))
+        assert sorted(claim.attempts for claim in claims) == list(range(1, 11))
+
     async def test_update_rejects_unknown_fields(self, store: Any) -> None:
         execution = make_execution(_name())
         await store.create_execution(execution)

@@ -81,9 +81,10 @@ async def submit_task(request: web.Request) -> web.Response:
     if key is not None and not 0 < len(key) <= 255:
         raise ApiError(400, "bad_request", "field 'idempotency_key' must be 1 to 255 characters")
     try:
+        # a caller that waits has no execution id until the answer: the execution is stored with its result
         execution, _ = await platform.orchestrator.submit(request.match_info["name"], body.get("input"),
                                                           data=body.get("data"), idempotency_key=key,
-                                                          stream=stream)
+                                                          stream=stream, record_later=wait > 0)
     except AgentNotFound:
         raise not_found(f"no agent named {request.match_info['name']!r}") from None
     except (ShuttingDown, BusUnavailable) as exc:

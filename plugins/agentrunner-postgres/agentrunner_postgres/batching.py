@@ -1,7 +1,8 @@
 """Group commit: concurrent writes of one kind go to PostgreSQL together, as one statement.
 
-Each task costs the store two or three writes (create, finish, and a claim when it runs longer than
-the orchestrator's CLAIM_AFTER), and under load dozens of tasks write at once. One statement and
+Each task costs the store one to three writes (create, finish, and a claim when it runs longer than
+the orchestrator's CLAIM_AFTER; a task whose submitter waits for it is created by its finish, an
+upsert), and under load dozens of tasks write at once. One statement and
 one commit for all of them costs the server one WAL flush instead of dozens, and the client one
 round trip. ``GroupWriter`` does this without a timer, so a lone write is never held back: the first
 write goes at once, and the writes that arrive while ``max_in_flight`` batches are running wait for

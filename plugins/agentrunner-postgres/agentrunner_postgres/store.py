@@ -455,9 +455,10 @@ class PostgresStateStore:
         return await self._run(op, "get_execution")
 
     async def update_execution(self, execution_id: str, *, expect_status: Sequence[str] | None = None,
-                               **fields: Any) -> bool:
+                               insert: Execution | None = None, **fields: Any) -> bool:
         """Set ``fields``; with ``expect_status`` only while the status is one of them (compare-and-set).
-        Returns whether the execution was updated. An unknown field is a ``TypeError``.
+        Returns whether the execution was updated. An unknown field is a ``TypeError``. ``insert``: when
+        no execution has this id, store ``insert`` with ``fields`` applied instead (one upsert statement).
 
         Concurrent updates of the same fields and expected statuses are group-committed (``batching``)."""
         if isinstance(expect_status, str):
@@ -467,13 +468,18 @@ class PostgresStateStore:
             raise TypeError(f"update_execution() got unknown execution field(s): {', '.join(sorted(unknown))}")
         if expect_status is not None and not expect_status:
             return False
-        kind = (tuple(fields), tuple(expect_status) if expect_status is not None else None)
+        kind = (tuple(fields), tuple(expect_status) if expect_status is not None else None, insert is not None)
         writer = self._updates.get(kind)
         if writer is None:
-            shape = _UpdateShape(*kind)
-            writer = self._updates[kind] = GroupWriter(lambda updates: self._update_batch(shape, updates),
+            shape = _UpdateShape(*kind[:2])
+            write = self._upsert_batch if insert is not None else self._update_batch
+            writer = self._updates[kind] = GroupWriter(lambda updates: write(shape, updates),
                                                        key=lambda update: update[0])
-        return await writer.submit((execution_id, tuple(fields.values())))
+        if insert is None:
+            return await writer.submit((execution_id, tuple(fields.values())))
+        if insert.execution_id != execution_id:
+            raise ValueError(f"update_execution({execution_id!r}): insert is execution {insert.execution_id!r}")
+        return await writer.submit((execution_id, tuple(fields.values()), attrs.evolve(insert, **fields)))
 
     async def _update_batch(self, shape: _UpdateShape, updates: Sequence[tuple[str, tuple[Any, ...]]]) -> list[bool]:
         async def op(conn: asyncpg.Connection, retry: bool) -> list[bool]:
@@ -483,27 +489,55 @@ class PostgresStateStore:
 
         return await self._run(op, "update_execution")
 
-    async def claim_execution(self, execution_id: str, started_at: datetime) -> Execution | None:
+    async def _upsert_batch(self, shape: _UpdateShape,
+                            upserts: Sequence[tuple[str, tuple[Any, ...], Execution]]) -> list[bool]:
+        arrays = [_array(field, [getattr(row, field) for _, _, row in upserts]) for field in _INSERT_COLUMNS]
+        statuses = [shape.expect_status] if shape.expect_status is not None else []
+
+        async def op(conn: asyncpg.Connection, retry: bool) -> list[bool]:
+            changed = {row[0] for row in await conn.fetch(shape.upsert, *arrays, *statuses)}
+            if not retry or shape.expect_status is None:
+                return [execution_id in changed for execution_id, _, _ in upserts]
+            # after a lost connection: an upsert that did commit finds its own values now
+            return [execution_id in changed or await shape.run_landed(conn, execution_id, values)
+                    for execution_id, values, _ in upserts]
+
+        return await self._run(op, "update_execution")
+
+    async def claim_execution(self, execution_id: str, started_at: datetime, *,
+                              insert: Execution | None = None) -> Execution | None:
         """Start an attempt (``queued``/``running`` → ``running``, attempts + 1) and return the execution,
         in one statement; row locks apply concurrent claims one after the other. Concurrent claims of
-        different executions are group-committed (``batching``)."""
-        return await self._claims.submit((execution_id, _utc(started_at)))
+        different executions are group-committed (``batching``). ``insert``: the execution as submitted,
+        stored first (then claimed) when no execution has this id — one upsert statement."""
+        if insert is not None and insert.execution_id != execution_id:
+            raise ValueError(f"claim_execution({execution_id!r}): insert is execution {insert.execution_id!r}")
+        return await self._claims.submit((execution_id, _utc(started_at), insert))
 
-    def _claim_op(self, execution_id: str, started: datetime | None
+    def _claim_op(self, execution_id: str, started: datetime | None, insert: Execution | None = None
                   ) -> Callable[[asyncpg.Connection, bool], Awaitable[Execution | None]]:
+        if insert is not None:
+            claimed = attrs.evolve(insert, status="running", started_at=started, error_message=None,
+                                   attempts=insert.attempts + 1, completed_at=None)
+            values = [_execution_value(field, getattr(claimed, field)) for field in _EXECUTION_FIELDS]
+
         async def op(conn: asyncpg.Connection, retry: bool) -> Execution | None:
-            row = await conn.fetchrow(_CLAIM_AGAIN if retry else _CLAIM, execution_id, started, _CLAIMABLE)
+            if insert is None:
+                row = await conn.fetchrow(_CLAIM_AGAIN if retry else _CLAIM, execution_id, started, _CLAIMABLE)
+            else:
+                row = await conn.fetchrow(_CLAIM_OR_INSERT_AGAIN if retry else _CLAIM_OR_INSERT, *values, _CLAIMABLE)
             if row is None and retry:
                 row = await conn.fetchrow(_OURS, execution_id, started)
             return _execution(row) if row is not None else None
 
         return op
 
-    async def _claim_batch(self, claims: Sequence[tuple[str, datetime | None]]) -> list[Execution | None]:
+    async def _claim_batch(self, claims: Sequence[tuple[str, datetime | None, Execution | None]]
+                           ) -> list[Execution | None]:
         ids, started = [claim[0] for claim in claims], [claim[1] for claim in claims]
 
         async def op(conn: asyncpg.Connection, retry: bool) -> list[Execution | None]:
-            if retry or len(claims) == 1:
+            if retry or len(claims) == 1 or any(claim[2] is not None for claim in claims):
                 return [await self._claim_op(*claim)(conn, retry) for claim in claims]
             rows = {row["execution_id"]: row for row in await conn.fetch(_CLAIM_MANY, ids, started, _CLAIMABLE)}
             return [_execution(rows[execution_id]) if execution_id in rows else None for execution_id in ids]
@@ -744,6 +778,18 @@ _CLAIM_MANY = ("UPDATE execution_history AS e SET status = 'running', started_at
                f"RETURNING {', '.join(f'e.{field}' for field in _EXECUTION_FIELDS)}")
 
 
+# A claim of an execution that may not be stored yet (its task travels whole, recorded when it ends):
+# inserted as the claim would leave it, or claimed as it is stored.
+_CLAIM_OR_INSERT = (f"INSERT INTO execution_history AS e ({_EXECUTION_COLUMNS}) "
+                    f"VALUES ({', '.join(f'${i}' for i in range(1, len(_EXECUTION_FIELDS) + 1))}) "
+                    "ON CONFLICT (execution_id) DO UPDATE SET status = 'running', started_at = EXCLUDED.started_at, "
+                    "error_message = NULL, attempts = e.attempts + 1, duration_seconds = NULL "
+                    f"WHERE e.status = ANY(${len(_EXECUTION_FIELDS) + 1}::text[]) "
+                    f"RETURNING {', '.join(f'e.{field}' for field in _EXECUTION_FIELDS)}")
+_CLAIM_OR_INSERT_AGAIN = _CLAIM_OR_INSERT.replace(
+    " RETURNING", " AND NOT (e.status = 'running' AND e.started_at IS NOT DISTINCT FROM EXCLUDED.started_at) RETURNING")
+
+
 class _UpdateShape:
     """The fields an update sets and the statuses it expects: updates of one shape share their statements,
     one for a lone update (``$1`` the id, then the values, then the statuses) and one for a batch."""
@@ -770,6 +816,18 @@ class _UpdateShape:
             self.one += f" AND status = ANY(${len(fields) + 2}::text[])"
             self.many += f" AND e.status = ANY(${len(fields) + 2}::text[])"
         self.many += " RETURNING e.execution_id"
+        # The same update of an execution that may not be stored yet: its whole row is inserted instead.
+        excluded = [f"{field} = EXCLUDED.{field}" for field in fields]
+        if "started_at" in fields or "completed_at" in fields:
+            ends = {end: f"EXCLUDED.{end}" if end in fields else f"e.{end}" for end in ("started_at", "completed_at")}
+            excluded.append(duration.format(ends["completed_at"], ends["started_at"]))
+        self.upsert = (f"INSERT INTO execution_history AS e ({', '.join(_INSERT_COLUMNS)}) "
+                       f"SELECT {', '.join(_column(field, 'u') for field in _INSERT_COLUMNS)} "
+                       f"FROM {_unnest(_INSERT_COLUMNS, 'u')} ON CONFLICT (execution_id) DO UPDATE SET "
+                       f"{', '.join(excluded) or 'execution_id = e.execution_id'}")
+        if self.expect_status is not None:
+            self.upsert += f" WHERE e.status = ANY(${len(_INSERT_COLUMNS) + 1}::text[])"
+        self.upsert += " RETURNING e.execution_id"
         # After a lost connection: did our first attempt already set these values?
         self.landed = "SELECT 1 FROM execution_history WHERE execution_id = $1" + "".join(
             f" AND {field} IS NOT DISTINCT FROM {slot}" for field, slot in slots.items())
@@ -784,6 +842,11 @@ class _UpdateShape:
         if retry and self.expect_status is not None:
             return bool(await conn.fetchval(self.landed, *params))
         return False
+
+    async def run_landed(self, conn: asyncpg.Connection, execution_id: str, values: tuple[Any, ...]) -> bool:
+        params = [execution_id, *(_execution_value(field, value) for field, value in zip(self.fields, values,
+                                                                                          strict=True))]
+        return bool(await conn.fetchval(self.landed, *params))
 
     async def run_many(self, conn: asyncpg.Connection, updates: Sequence[tuple[str, tuple[Any, ...]]]) -> list[bool]:
         ids = [execution_id for execution_id, _ in updates]

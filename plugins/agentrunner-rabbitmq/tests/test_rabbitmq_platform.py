@@ -158,6 +158,128 @@ async def test_a_notice_that_arrives_before_the_submitter_waits_spares_a_store_r
         broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
 
 
+class NapMode:
+    """Sleeps as many seconds as the task's input says, then answers."""
+
+    name = "nap"
+    uses_state = False
+
+    async def execute(self, ctx):
+        await asyncio.sleep(float(ctx.task.input))
+        return f"slept {ctx.task.input}"
+
+
+class NapPlugin:
+    @agentrunner.hookimpl
+    def register_execution_modes(self, register):
+        register(NapMode())
+
+
+NAPPER = """\
+name: napper
+agent_type: assistant
+execution_mode: nap
+llm_config: {temperature: 0.5}
+system_prompt: Nap.
+"""
+
+
+class CountedWrites:
+    """Which writes of the execution store each execution got."""
+
+    def __init__(self, *stores) -> None:
+        self.writes: list[tuple[str, str]] = []
+        for store in stores:
+            self._count(store)
+
+    def _count(self, store) -> None:
+        create, update, claim = store.create_execution, store.update_execution, store.claim_execution
+
+        async def counted_create(execution):
+            self.writes.append(("create", execution.execution_id))
+            return await create(execution)
+
+        async def counted_update(execution_id, **fields):
+            self.writes.append(("update+insert" if "insert" in fields else "update", execution_id))
+            return await update(execution_id, **fields)
+
+        async def counted_claim(execution_id, started_at, **options):
+            self.writes.append(("claim+insert" if "insert" in options else "claim", execution_id))
+            return await claim(execution_id, started_at, **options)
+
+        store.create_execution, store.update_execution, store.claim_execution = \
+            counted_create, counted_update, counted_claim
+
+    def of(self, execution_id: str) -> list[str]:
+        return [kind for kind, which in self.writes if which == execution_id]
+
+
+async def test_a_waited_task_is_stored_once_when_it_ends(tmp_path, broker, monkeypatch):
+    """A caller that waits has no execution id before the answer: the execution is not stored at submission
+    but by the write that records its end (one write per task instead of two)."""
+    from agentrunner import orchestrator as orchestrator_module
+
+    monkeypatch.setattr(orchestrator_module, "RECORD_AFTER", 30.0)  # a slow machine must not store it first
+    environ = broker_environ(broker.exchange)
+    async with running_platform(tmp_path, environ, files={"tagged.yaml": TAGGED},
+                                plugins=[*PLUGINS, (TaggedPlugin("first"), "tagged")]) as first, \
+            running_platform(tmp_path, environ, plugins=[*PLUGINS, (TaggedPlugin("second"), "tagged")]) as second:
+        broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
+        counted = CountedWrites(first.store, second.store)  # one SQLite file: the same table for both
+        async with http_client(first) as client:
+            responses = await asyncio.gather(*(
+                client.post("/agents/tagged-bot/tasks", json={"input": f"task {n}", "wait": 20}) for n in range(10)))
+            executions = [await response.json() for response in responses]
+            assert [response.status for response in responses] == [200] * 10
+            for execution in executions:
+                stored = await (await client.get(f"/executions/{execution['execution_id']}")).json()
+                assert stored == execution and stored["status"] == "completed" and stored["attempts"] == 1
+                assert counted.of(execution["execution_id"]) == ["update+insert"]
+        assert {e["result"].split(": ")[0] for e in executions} == {"first", "second"}  # both stored some
+        assert not first.orchestrator._unrecorded and not first.orchestrator._recording
+        broker.forget(*first.bus.declared_queues, *second.bus.declared_queues)
+
+
+async def test_a_waited_task_still_running_is_stored_and_listed(tmp_path, broker, monkeypatch):
+    """Past RECORD_AFTER (or when the caller's wait runs out first) the submitter stores the execution, so a
+    task that takes long is listed while it runs, and a caller answered 202 can read it by its id."""
+    from agentrunner import orchestrator as orchestrator_module
+
+    environ = broker_environ(broker.exchange)
+    async with running_platform(tmp_path, environ, files={"napper.yaml": NAPPER},
+                                plugins=[*PLUGINS, (NapPlugin(), "nap")]) as platform:
+        broker.forget(*platform.bus.declared_queues)
+        counted = CountedWrites(platform.store)
+        async with http_client(platform) as client:
+            waiting = asyncio.ensure_future(client.post("/agents/napper/tasks", json={"input": 0.6, "wait": 20}))
+            deadline = time.monotonic() + 5
+            while True:  # listed while it runs, long before it ends
+                page = await (await client.get("/executions?agent_name=napper")).json()
+                if page["executions"]:
+                    break
+                assert time.monotonic() < deadline, "the running execution was never listed"
+                await asyncio.sleep(0.02)
+            assert page["executions"][0]["status"] in ("queued", "running")
+            execution = await (await waiting).json()
+            assert (execution["status"], execution["result"], execution["attempts"]) == ("completed", "slept 0.6", 1)
+            # stored by its submitter, claimed by its consumer and finished: each once
+            assert sorted(counted.of(execution["execution_id"])) == ["claim+insert", "create", "update"]
+
+            # a wait that runs out first: the execution is stored before the caller gets its id
+            monkeypatch.setattr(orchestrator_module, "RECORD_AFTER", 30.0)
+            monkeypatch.setattr(orchestrator_module, "CLAIM_AFTER", 30.0)
+            response = await client.post("/agents/napper/tasks", json={"input": 0.5, "wait": 0.05})
+            assert response.status == 202
+            queued = await response.json()
+            stored = await client.get(f"/executions/{queued['execution_id']}")
+            assert stored.status == 200 and (await stored.json())["status"] in ("queued", "running")
+            execution = await platform.orchestrator.wait(queued["execution_id"], 10)
+            assert (execution.status, execution.result) == ("completed", "slept 0.5")
+            stored = await (await client.get(f"/executions/{queued['execution_id']}")).json()
+            assert (stored["status"], stored["attempts"]) == ("completed", 1)
+        broker.forget(*platform.bus.declared_queues)
+
+
 async def wait_for_execution(client, agent: str, timeout: float = 10.0) -> dict:
     deadline = time.monotonic() + timeout
     while True:
