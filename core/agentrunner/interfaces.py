@@ -326,8 +326,9 @@ class StateStore(Protocol):
         ``insert`` (an execution with this id and no idempotency key): when no execution has this id,
         store ``insert`` with ``fields`` applied instead, and return True — atomically, so that a
         concurrent ``create_execution`` of the same execution either comes first (and this updates
-        it) or finds it stored. The orchestrator records a task submitted by a waiting caller this
-        way: one write when it ends, none when it is submitted (see ``Orchestrator.submit``)."""
+        it) or finds it stored. With ``expect_status=()`` it only inserts: a stored execution is left
+        as it is (and False returned). The orchestrator records a task submitted by a waiting caller
+        this way: one write when it ends, none when it is submitted (see ``Orchestrator.submit``)."""
 
     async def claim_execution(self, execution_id: str, started_at: Any, *, insert: Any | None = None) -> Any | None:
         """Start an attempt: if the status is ``queued`` or ``running`` (a crashed attempt), set

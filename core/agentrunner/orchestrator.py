@@ -722,7 +722,7 @@ class Orchestrator:
     async def _record(self, execution: Execution) -> None:
         # the process running it may have stored it already (claimed or finished): that row stands
         try:
-            await self.store.create_execution(execution)
+            await self.store.update_execution(execution.execution_id, expect_status=(), insert=execution)
         except Exception as exc:  # its consumer stores it anyway, when it ends or at its claim
             log.warning("could not store the queued execution %s (%s); it is stored when it runs",
                         execution.execution_id, exc)

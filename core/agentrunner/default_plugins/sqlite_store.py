@@ -804,10 +804,11 @@ class SQLiteStateStore:
                                insert: Execution | None = None, **fields: Any) -> bool:
         """Set ``fields``; with ``expect_status`` only while the status is one of them (compare-and-set).
         Returns whether the execution was updated. An unknown field is a ``TypeError``. ``insert``: when
-        no execution has this id, store ``insert`` with ``fields`` applied instead."""
+        no execution has this id, store ``insert`` with ``fields`` applied instead (with ``expect_status=()``
+        an insert that leaves a stored execution as it is)."""
         if isinstance(expect_status, str):
             expect_status = [expect_status]
-        if expect_status is not None and not expect_status:
+        if expect_status is not None and not expect_status and insert is None:
             return False
         shape = (tuple(fields), None if expect_status is None else tuple(expect_status))
         statement = _UPDATES.get(shape)

@@ -352,6 +352,16 @@ class StateStoreContract:
                                             insert=late, status="failed", error_message="late") is False
         assert (await store.get_execution(execution.execution_id)).status == "completed"
 
+    async def test_an_insert_without_expected_statuses_leaves_a_stored_execution_alone(self, store: Any) -> None:
+        execution = make_execution(_name(), input="first")
+        assert await store.update_execution(execution.execution_id, expect_status=[], insert=execution) is True
+        assert await store.get_execution(execution.execution_id) == execution
+        assert await store.update_execution(execution.execution_id, expect_status=["queued"], status="running")
+        late = attrs.evolve(execution, input="second")
+        assert await store.update_execution(execution.execution_id, expect_status=[], insert=late) is False
+        got = await store.get_execution(execution.execution_id)
+        assert (got.status, got.input) == ("running", "first")
+
     async def test_concurrent_updates_with_insert_all_land(self, store: Any) -> None:
         executions = [make_execution(_name("many"), input=n) for n in range(40)]
         stored = executions[::2]

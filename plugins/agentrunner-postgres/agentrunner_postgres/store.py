@@ -458,7 +458,8 @@ class PostgresStateStore:
                                insert: Execution | None = None, **fields: Any) -> bool:
         """Set ``fields``; with ``expect_status`` only while the status is one of them (compare-and-set).
         Returns whether the execution was updated. An unknown field is a ``TypeError``. ``insert``: when
-        no execution has this id, store ``insert`` with ``fields`` applied instead (one upsert statement).
+        no execution has this id, store ``insert`` with ``fields`` applied instead (one upsert statement;
+        with ``expect_status=()`` an insert that leaves a stored execution as it is).
 
         Concurrent updates of the same fields and expected statuses are group-committed (``batching``)."""
         if isinstance(expect_status, str):
@@ -466,7 +467,7 @@ class PostgresStateStore:
         unknown = set(fields) - _EXECUTION_UPDATABLE
         if unknown:
             raise TypeError(f"update_execution() got unknown execution field(s): {', '.join(sorted(unknown))}")
-        if expect_status is not None and not expect_status:
+        if expect_status is not None and not expect_status and insert is None:
             return False
         kind = (tuple(fields), tuple(expect_status) if expect_status is not None else None, insert is not None)
         writer = self._updates.get(kind)
