@@ -204,6 +204,8 @@ _EXECUTION_ENCODERS: dict[str, Callable[[Any], Any]] = {
 _INSERT_ENCODERS = tuple(_EXECUTION_ENCODERS.get(field) for field in _EXECUTION_FIELDS)
 _execution_values = operator.attrgetter(*_EXECUTION_FIELDS)
 _INPUT_AT, _DATA_AT = _EXECUTION_FIELDS.index("input"), _EXECUTION_FIELDS.index("data")
+
+
 def _insert_values(execution: Execution) -> list[Any]:
     """The parameters of ``_INSERT_EXECUTION``."""
     values = [value if encode is None else encode(value)
@@ -848,6 +850,7 @@ class SQLiteStateStore:
         if insert is not None:
             if insert.execution_id != execution_id:
                 raise ValueError(f"claim_execution({execution_id!r}): insert is execution {insert.execution_id!r}")
+            self._inserted.pop(execution_id, None)
             row = _insert_values(insert)
             claim = (started, execution_id)
 
