@@ -129,31 +129,45 @@ async def test_killed_worker_and_dropped_broker_connections_lose_no_task(tmp_pat
         base = f"http://127.0.0.1:{port}"
         async with aiohttp.ClientSession() as session:
             ids = []
+
+            async def submit_and_wait(n: int) -> str:
+                # a caller that waits: its quick task travels unstored and is stored by whoever ends it
+                body = {"input": f'/call nap {{"seconds": 0.01, "label": "quick {n}"}}', "wait": 5}
+                async with session.post(f"{base}/agents/napper/tasks", json=body) as response:
+                    assert response.status in (200, 202), await response.text()
+                    return (await response.json())["execution_id"]
+
+            waiting = []
             for n in range(TASKS):
                 # naps longer than CLAIM_AFTER: an attempt is claimed (and counted in attempts) while it runs
                 body = {"input": f'/call nap {{"seconds": 0.1, "label": "task {n}"}}', "idempotency_key": f"k{n}"}
                 async with session.post(f"{base}/agents/napper/tasks", json=body) as response:
                     assert response.status in (200, 202), await response.text()
                     ids.append((await response.json())["execution_id"])
+                if n % 3 == 2:
+                    waiting.append(asyncio.ensure_future(submit_and_wait(n)))
                 if n == TASKS // 3:
                     os.kill(children[0], signal.SIGKILL)  # a worker dies mid-task
                 if n == 2 * TASKS // 3:
                     assert _close_connections_of({serve.pid, *children}) >= 1  # as a broker restart would
+            quick = await asyncio.gather(*waiting)
+            ids.extend(quick)
             deadline = time.monotonic() + 120
             while True:
                 async with session.get(f"{base}/executions", params={"agent_name": "napper", "limit": "500"}) as r:
                     executions = (await r.json())["executions"]
                 done = [e for e in executions if e["status"] in ("completed", "failed", "timed_out", "cancelled")]
-                if len(done) == TASKS or time.monotonic() > deadline:
+                if len(done) == len(ids) or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
         statuses = {e["execution_id"]: e["status"] for e in executions}
-        assert sorted(statuses) == sorted(set(ids)) and len(ids) == TASKS  # one row per task, none extra
+        assert sorted(statuses) == sorted(set(ids)) and len(ids) == TASKS + len(quick)  # one row per task, none extra
         assert set(statuses.values()) == {"completed"}, {s: list(statuses.values()).count(s) for s in statuses.values()}
         # the kill and the dropped connections did hit tasks in flight: they ran again, elsewhere
         assert max(e["attempts"] for e in executions) >= 2
         results = {e["execution_id"]: e["result"] for e in executions}
-        assert sorted(results.values()) == sorted(f"napped task {n}" for n in range(TASKS))
+        assert sorted(results.values()) == sorted([*(f"napped task {n}" for n in range(TASKS)),
+                                                   *(f"napped quick {n}" for n in range(2, TASKS, 3))])
     finally:
         await asyncio.to_thread(_stop, workers, serve)
         await _delete_topology(exchange)
