@@ -14,7 +14,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import itertools
 import json
 import logging
 import random
@@ -110,10 +109,6 @@ class BudgetExceeded(Exception):
 
 class ToolOpenError(Exception):
     """A tool entry could not be made ready (e.g. its MCP server is down); the task may be retried."""
-
-
-def _due(now: float, item: tuple[str, tuple[float, Any]]) -> bool:
-    return item[1][0] <= now
 
 
 def _answer_none(future: asyncio.Future, *_: Any) -> None:
@@ -704,8 +699,11 @@ class Orchestrator:
                     # (at most every 10 ms: most answers come first, and each would wake it otherwise)
                     await asyncio.sleep(max(due - loop.time(), 0.01))
                     continue
-                due_now = [execution_id for execution_id, _ in itertools.takewhile(
-                    functools.partial(_due, loop.time()), self._unrecorded.items())]
+                now, due_now = loop.time(), []
+                for execution_id, (due, _) in self._unrecorded.items():
+                    if due > now:
+                        break
+                    due_now.append(execution_id)
                 for execution_id in due_now:
                     self._start_recording(execution_id)
         finally:
@@ -968,7 +966,8 @@ class Orchestrator:
             if whole is not None:
                 # run at once, unclaimed: a quick execution is recorded by one write (_finish), a longer
                 # one is claimed after CLAIM_AFTER s, and stops there if it was cancelled meanwhile
-                execution = Execution.from_json(whole)
+                # (parsed once: the execution as submitted, when it is kept for a first write that stores it)
+                execution = Execution.from_json(whole) if insert is None else attrs.evolve(insert)
                 execution.status, execution.started_at, execution.attempts = "running", utcnow(), \
                     execution.attempts + 1
                 await self._run(agent, mode, execution, claimed=False, slot=slot, insert=insert)
