@@ -111,6 +111,12 @@ class ToolOpenError(Exception):
     """A tool entry could not be made ready (e.g. its MCP server is down); the task may be retried."""
 
 
+def _inserting(insert: Execution | None) -> dict[str, Any]:
+    """The ``insert`` argument of a store write, given only when there is one (a store that never gets a
+    task submitted with ``record_later`` need not take it)."""
+    return {"insert": insert} if insert is not None else {}
+
+
 def _answer_none(future: asyncio.Future, *_: Any) -> None:
     if not future.done():
         future.set_result(None)
@@ -279,9 +285,9 @@ class ExecutionContext:
         ran unclaimed so far; False when it may not go on (cancelled, or finished by another delivery)."""
         if self._claim is None:
             execution = self._execution
-            insert = {"insert": self._insert} if self._insert is not None else {}
             self._claim = asyncio.ensure_future(
-                self._orchestrator.store.claim_execution(execution.execution_id, execution.started_at, **insert))
+                self._orchestrator.store.claim_execution(execution.execution_id, execution.started_at,
+                                                         **_inserting(self._insert)))
         claimed = await asyncio.shield(self._claim)  # ask() and the time limit may both be waiting for it
         if claimed is None:
             return False
@@ -974,7 +980,7 @@ class Orchestrator:
                 return
             # the claim reads the execution too; None: finished, cancelled or unknown (a redelivery)
             execution = await self.store.claim_execution(execution_id, utcnow(),
-                                                         **({"insert": insert} if insert is not None else {}))
+                                                         **_inserting(insert))
             if execution is not None:
                 await self._run(agent, mode, execution, slot=slot)
 
@@ -1123,7 +1129,7 @@ class Orchestrator:
                     insert = execution
         changed = await self.store.update_execution(execution.execution_id,
                                                     expect_status=("queued", "running", "awaiting_input"),
-                                                    **({"insert": insert} if insert is not None else {}), **fields)
+                                                    **_inserting(insert), **fields)
         if not changed:
             return False  # cancelled meanwhile: the first terminal status stands
         if dead_letter is not None:  # before waking anyone, so a woken waiter finds it

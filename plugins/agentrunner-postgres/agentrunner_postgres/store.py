@@ -833,10 +833,14 @@ class _UpdateShape:
         self.landed = "SELECT 1 FROM execution_history WHERE execution_id = $1" + "".join(
             f" AND {field} IS NOT DISTINCT FROM {slot}" for field, slot in slots.items())
 
+    def params(self, execution_id: str, values: tuple[Any, ...]) -> list[Any]:
+        """``$1`` the id, then the values (of ``one`` and ``landed``)."""
+        return [execution_id, *(_execution_value(field, value) for field, value in zip(self.fields, values,
+                                                                                        strict=True))]
+
     async def run_one(self, conn: asyncpg.Connection, retry: bool, execution_id: str,
                       values: tuple[Any, ...]) -> bool:
-        params = [execution_id, *(_execution_value(field, value) for field, value in zip(self.fields, values,
-                                                                                          strict=True))]
+        params = self.params(execution_id, values)
         statuses = [self.expect_status] if self.expect_status is not None else []
         if _affected(await conn.execute(self.one, *params, *statuses)):
             return True
@@ -845,9 +849,7 @@ class _UpdateShape:
         return False
 
     async def run_landed(self, conn: asyncpg.Connection, execution_id: str, values: tuple[Any, ...]) -> bool:
-        params = [execution_id, *(_execution_value(field, value) for field, value in zip(self.fields, values,
-                                                                                          strict=True))]
-        return bool(await conn.fetchval(self.landed, *params))
+        return bool(await conn.fetchval(self.landed, *self.params(execution_id, values)))
 
     async def run_many(self, conn: asyncpg.Connection, updates: Sequence[tuple[str, tuple[Any, ...]]]) -> list[bool]:
         ids = [execution_id for execution_id, _ in updates]
