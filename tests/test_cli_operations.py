@@ -100,7 +100,7 @@ async def test_a_worker_child_drains_and_exits_after_its_limit(tmp_path):
     lines = []
     async with running_platform(tmp_path, files={"echoer.yaml": AGENT}) as platform:
         submitted = [(await platform.orchestrator.submit("echoer", f"t{n}"))[0] for n in range(5)]
-        code = await asyncio.wait_for(run_child(platform, 5, lines.append), 10)
+        code = await asyncio.wait_for(run_child(platform, 5, lines.append, lambda: lines.append("retiring")), 10)
         assert code == 0 and not platform.started
     store = SQLiteStateStore(type("S", (), {"sqlite_path": str(tmp_path / "db.sqlite")})())
     await store.start()
@@ -111,6 +111,7 @@ async def test_a_worker_child_drains_and_exits_after_its_limit(tmp_path):
         await store.stop()
     assert lines[0].endswith("consuming (8 at once, replaced after 5 tasks)")
     assert lines[1].endswith("handled 5 tasks; draining to be replaced")
+    assert lines[2] == "retiring"  # the supervisor is told before the drain, and starts the replacement then
 
 
 def test_worker_children_start_from_a_fork_server_with_the_platform_modules_preloaded(tmp_path):
@@ -160,3 +161,72 @@ def test_the_fork_server_preloads_the_client_libraries_of_the_production_backend
     modules = set(result.stdout.split())
     assert {"asyncpg", "redis.asyncio", "aio_pika", "agentrunner_postgres.store", "agentrunner_redis.cache",
             "agentrunner_rabbitmq.bus"} <= modules
+
+
+OVERLAP_CHILD = textwrap.dedent("""\
+    import os
+    import sys
+    import time
+    from pathlib import Path
+
+    from agentrunner.worker import RETIRING
+
+    def child(config_dir, limit, supervisor):
+        here = Path(config_dir)
+        if not (here / "first").exists():  # the first child: reaches its limit, tells, then drains
+            (here / "first").write_text(str(os.getpid()))
+            supervisor.send(RETIRING)
+            deadline = time.monotonic() + 20
+            while not (here / "second").exists():  # still draining: its replacement must start meanwhile
+                if time.monotonic() > deadline:
+                    print("not replaced while draining", flush=True)
+                    sys.exit(3)
+                time.sleep(0.01)
+            print(f"drained {os.getpid()} after the replacement started", flush=True)
+            sys.exit(0)
+        (here / "second").write_text(str(os.getpid()))
+        print(f"replacement {os.getpid()} consuming", flush=True)
+        while True:
+            time.sleep(0.05)
+    """)
+
+
+def test_a_retiring_worker_child_is_replaced_while_it_drains(tmp_path):
+    """The replacement of a child that reached WORKER_MAX_REQUESTS starts when the child stops taking tasks, not
+    once it has exited: the consumers never run one short while it finishes what it holds."""
+    import signal
+    import subprocess
+
+    (tmp_path / "overlap_child.py").write_text(OVERLAP_CHILD)
+    code = textwrap.dedent(f"""\
+        from types import SimpleNamespace
+        from agentrunner.worker import Supervisor
+        from overlap_child import child
+        settings = SimpleNamespace(worker_max_requests=1, worker_max_requests_jitter=0, shutdown_grace_period=5)
+        supervisor = Supervisor(settings, {str(tmp_path)!r}, 1, lambda line: print(line, flush=True), target=child)
+        code = supervisor.run()
+        print(f"replaced {{supervisor.replaced}}", flush=True)
+        raise SystemExit(code)
+        """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env=env)
+    try:
+        lines = []
+        def settled() -> bool:  # both children told where they are, or the old one gave up waiting
+            started, drained = (any(line.startswith(word) for line in lines) for word in ("replacement", "drained"))
+            return "not replaced while draining" in lines or (started and drained)
+
+        while not settled():
+            line = process.stdout.readline()
+            assert line, f"the supervisor stopped: {lines} {process.stderr.read()}"
+            lines.append(line.strip())
+        process.send_signal(signal.SIGTERM)  # the replacement is told to stop; it never drains, so it is killed
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    lines += out.splitlines()
+    first, second = (tmp_path / "first").read_text(), (tmp_path / "second").read_text()
+    assert f"drained {first} after the replacement started" in lines, (lines, err)
+    assert f"replacement {second} consuming" in lines and "replaced 1" in lines, (lines, err)
+    assert process.returncode == 0, (lines, err)

@@ -103,20 +103,8 @@ async def _wait_healthy(url: str, timeout: float = 30) -> None:
 
 
 async def test_killed_worker_and_dropped_broker_connections_lose_no_task(tmp_path, database):
-    require_service("RabbitMQ", "127.0.0.1", 5672)
-    agents = tmp_path / "agents"
-    agents.mkdir()
-    (agents / "napper.yaml").write_text(AGENT)
-    port = _free_port()
     exchange = f"crash-{uuid.uuid4().hex[:8]}"
-    env = {**os.environ, "DATABASE_URL": database, "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/",
-           "RABBITMQ_EXCHANGE": exchange, "ORCHESTRATOR_PORT": str(port), "CONFIG_HOT_RELOAD": "false",
-           "WORKER_PROCESSES": "2", "WORKER_THREADS_PER_PROCESS": "4", "SHUTDOWN_GRACE_PERIOD": "5",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")]))}
-    env.pop("REDIS_HOST", None)
-    command = [sys.executable, "-m", "agentrunner"]
-    serve = _start([*command, "serve", "--config", str(tmp_path), "--service", "orchestrator"], env)
-    workers = _start([*command, "worker", "--config", str(tmp_path)], env, stdout=subprocess.PIPE)
+    port, serve, workers = _start_platform(tmp_path, database, exchange, WORKER_THREADS_PER_PROCESS="4")
     children: list[int] = []
     try:
         await _wait_healthy(f"http://127.0.0.1:{port}/health")
@@ -173,6 +161,27 @@ async def test_killed_worker_and_dropped_broker_connections_lose_no_task(tmp_pat
         await _delete_topology(exchange)
 
 
+def _start_platform(tmp_path: Path, database: str, exchange: str,
+                    **settings: str) -> tuple[int, subprocess.Popen, subprocess.Popen]:
+    """`serve --service orchestrator` and `agentrunner worker` (2 processes, stdout piped) on PostgreSQL and
+    RabbitMQ, with the napper agent; the port of serve, and the two processes."""
+    require_service("RabbitMQ", "127.0.0.1", 5672)
+    agents = tmp_path / "agents"
+    agents.mkdir()
+    (agents / "napper.yaml").write_text(AGENT)
+    port = _free_port()
+    env = {**os.environ, "DATABASE_URL": database, "RABBITMQ_URL": "amqp://guest:guest@127.0.0.1:5672/",
+           "RABBITMQ_EXCHANGE": exchange, "ORCHESTRATOR_PORT": str(port), "CONFIG_HOT_RELOAD": "false",
+           "WORKER_PROCESSES": "2", "SHUTDOWN_GRACE_PERIOD": "5",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH")])),
+           **settings}
+    env.pop("REDIS_HOST", None)
+    command = [sys.executable, "-m", "agentrunner"]
+    serve = _start([*command, "serve", "--config", str(tmp_path), "--service", "orchestrator"], env)
+    workers = _start([*command, "worker", "--config", str(tmp_path)], env, stdout=subprocess.PIPE)
+    return port, serve, workers
+
+
 def _start(command: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
     # output and logs go to the test's own (captured, and scanned for canary secrets by conftest.py)
     return subprocess.Popen(command, env=env, text=True, **kwargs)
@@ -201,3 +210,60 @@ async def _delete_topology(exchange: str) -> None:
             await channel.queue_delete(queue)
         for name in (exchange, f"{exchange}.dlq-exchange"):
             await channel.exchange_delete(name)
+
+
+async def test_worker_children_replaced_under_load_lose_no_task(tmp_path, database):
+    """WORKER_MAX_REQUESTS replaces each child several times while tasks flow: every task is recorded once."""
+    exchange = f"recycle-{uuid.uuid4().hex[:8]}"
+    port, serve, workers = _start_platform(tmp_path, database, exchange, WORKER_MAX_REQUESTS="15",
+                                           WORKER_MAX_REQUESTS_JITTER="0")
+    lines: list[str] = []
+    more = asyncio.Event()
+    reader = asyncio.ensure_future(_read_lines(workers, lines, more))
+    try:
+        await _wait_healthy(f"http://127.0.0.1:{port}/health")
+        base = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as session:
+            async def submit(n: int) -> str:
+                body = {"input": f'/call nap {{"seconds": 0.01, "label": "task {n}"}}', "wait": 30}
+                async with session.post(f"{base}/agents/napper/tasks", json=body) as response:
+                    assert response.status == 200, await response.text()
+                    execution = await response.json()
+                    assert execution["status"] == "completed", execution
+                    return execution["execution_id"]
+
+            ids: list[str] = []
+            # serve takes its share too: tasks go on until the children were replaced three times between them
+            while sum("draining to be replaced" in line for line in lines) < 3:
+                assert len(ids) < 800, "\n".join(lines)
+                ids += await asyncio.gather(*(submit(n) for n in range(len(ids), len(ids) + 8)))
+        import asyncpg
+
+        connection = await asyncpg.connect(database)  # the rows themselves: one per task, none extra
+        try:
+            rows = await connection.fetch("SELECT execution_id, status, result #>> '{}' AS result "
+                                          "FROM execution_history WHERE agent_name = 'napper'")
+        finally:
+            await connection.close()
+        assert sorted(row["execution_id"] for row in rows) == sorted(ids) and len(set(ids)) == len(ids)
+        assert {row["status"] for row in rows} == {"completed"}
+        assert sorted(row["result"] for row in rows) == sorted(f"napped task {n}" for n in range(len(ids)))
+        with contextlib.suppress(TimeoutError):  # and their replacements came up
+            async with asyncio.timeout(30):
+                while sum(" consuming " in line for line in lines) < 5:
+                    await more.wait()
+                    more.clear()
+        assert sum(" consuming " in line for line in lines) >= 5, "\n".join(lines)
+    finally:
+        await asyncio.to_thread(_stop, workers, serve)
+        reader.cancel()
+        await _delete_topology(exchange)
+
+
+async def _read_lines(process: subprocess.Popen, into: list[str], more: asyncio.Event) -> None:
+    while True:
+        line = await asyncio.to_thread(process.stdout.readline)
+        if not line:
+            return
+        into.append(line.strip())
+        more.set()
