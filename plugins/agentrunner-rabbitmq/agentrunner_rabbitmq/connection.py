@@ -6,7 +6,8 @@ client lower those limits, which is what ``RABBITMQ_CHANNEL_MAX`` / ``RABBITMQ_F
 for, and the bus needs to know when the broker blocks publishers and why it refused a
 connection. So the connection reads its frames through ``ConnectionWatch``: it lowers the
 limits in ``Tune`` as the frame arrives (aiormq then answers with them and sizes its frames by
-them) and notes ``Blocked``, ``Unblocked`` and ``Close``. Nothing else is touched.
+them) and notes ``Blocked``, ``Unblocked`` and ``Close``. Nothing else is touched. Its writes go
+through ``_CoalescingWriter``, which sends the frames of one turn of the event loop together.
 """
 
 from __future__ import annotations
@@ -125,8 +126,51 @@ class _WatchedReader:
         return data
 
 
+class _CoalescingWriter:
+    """The connection's stream writer, sending what aiormq writes in one turn of the event loop at once.
+
+    aiormq writes every frame (a publish, an ack) with its own ``write``, and a socket with nothing
+    queued sends each at once: under load, one ``send`` system call — and one TCP segment for the broker
+    to read — per frame. Here the frames written in one turn of the loop are joined and sent at its end,
+    in the order written. ``drain`` keeps the transport's flow control (it waits while the socket's
+    buffer is above its high-water mark); closing sends what is pending first.
+    """
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        self._pending.clear()
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    async def drain(self) -> None:
+        await self._writer.drain()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._writer.write_eof()
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
 class _WatchingTransport(TransportFactory):
-    """aiormq's TCP or TLS transport, read through a ``ConnectionWatch``."""
+    """aiormq's TCP or TLS transport, read through a ``ConnectionWatch``, its writes coalesced."""
 
     def __init__(self, watch: ConnectionWatch) -> None:
         self._watch = watch
@@ -135,7 +179,7 @@ class _WatchingTransport(TransportFactory):
         inner = TLSTransportFactory() if url.scheme == "amqps" else TCPTransportFactory()
         self._watch.connecting()
         reader, writer = await inner.create(url, **kwargs)
-        return _WatchedReader(reader, self._watch), writer
+        return _WatchedReader(reader, self._watch), _CoalescingWriter(writer)
 
 
 def _as_is(value: Any) -> Any:

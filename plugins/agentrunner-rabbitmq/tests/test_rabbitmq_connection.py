@@ -15,7 +15,7 @@ import time
 import pytest
 from agentrunner_rabbitmq import RabbitMQEventBus
 from agentrunner_rabbitmq.bus import BusMisconfigured, QueueConflict
-from agentrunner_rabbitmq.connection import ConnectionWatch, negotiated, server_version
+from agentrunner_rabbitmq.connection import ConnectionWatch, _CoalescingWriter, negotiated, server_version
 from rabbitmq_support import (
     BrokerLink,
     broker_settings,
@@ -287,6 +287,53 @@ def test_the_watch_follows_blocked_unblocked_and_close():
     assert watch.close_reason == "530 NOT_ALLOWED - vhost x not found"
     watch.connecting()
     assert watch.close_reason is None and not watch.blocked
+
+
+class RecordingWriter:
+    """A stream writer that keeps what it is given, one entry per ``write``."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    async def drain(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.writes.append(b"<eof>")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_frames_written_in_one_turn_of_the_loop_go_out_in_one_send_in_order():
+    inner = RecordingWriter()
+    writer = _CoalescingWriter(inner)
+    for frame in (b"publish-1", b"ack-7", b"publish-2"):
+        writer.write(frame)
+        await writer.drain()  # aiormq drains after a frame whose sender waits: that must not send it alone
+    assert inner.writes == []  # still this turn
+    await asyncio.sleep(0)
+    assert inner.writes == [b"publish-1ack-7publish-2"]
+    writer.write(b"heartbeat")
+    await asyncio.sleep(0)
+    assert inner.writes[1:] == [b"heartbeat"]
+    writer.write(b"close-ok")
+    assert writer.can_write_eof()  # the rest is the inner writer's
+    writer.write_eof()  # closing sends what is pending first
+    writer.close()
+    assert inner.writes[2:] == [b"close-ok", b"<eof>"] and inner.closed
+    await asyncio.sleep(0)
+    assert inner.writes[2:] == [b"close-ok", b"<eof>"]  # nothing twice
 
 
 async def handle_nothing(event):
