@@ -13,10 +13,12 @@ One run, on the same PostgreSQL, RabbitMQ and Redis, measures four systems doing
 
     python bench/production.py                            # 2,000 tasks, 32 in flight, 3 repeats, 2 workers
     python bench/production.py --tasks 5000 --repeat 5
+    python bench/production.py --systems d --compare 'WORKER_THREADS_PER_PROCESS=4' --repeat 10
 
 Each system is run --repeat times, interleaved (a b c d a b c d …) so drift affects all alike, and
-the medians are compared. A task's latency is submit-to-result: the client's request returns only
-when the task's row (or, for (a), the ack) is recorded. Everything the run creates — a database
+the medians are compared. --compare adds (e), agentrunner again with other settings, run alternately
+with (d), and reports (e)/(d) run by run. A task's latency is submit-to-result: the client's request
+returns only when the task's row (or, for (a), the ack) is recorded. Everything the run creates — a database
 agentrunner_bench_<random>, exchanges and queues bench-<random>…, Redis keys bench-<random>… in
 db 14 — is removed at the end, and every child process is stopped, also on Ctrl-C or an error.
 """
@@ -57,12 +59,13 @@ LABELS = {
     "b": "(b) naive aiohttp+aio-pika+asyncpg",
     "c": "(c) aiohttp + Celery 5",
     "d": "(d) agentrunner serve + workers",
+    "e": "(e) agentrunner with --compare",
 }
-UNIT = {"a": "msg", "b": "tasks", "c": "tasks", "d": "tasks"}
-#: where each system's rows are (schema of execution_history); (a) writes none
-SCHEMA = {"b": "naive", "c": "celery", "d": "public"}
+UNIT = {"a": "msg", "b": "tasks", "c": "tasks", "d": "tasks", "e": "tasks"}
+#: where each system's rows are (schema of execution_history); (a) writes none; (e) has a database of its own
+SCHEMA = {"b": "naive", "c": "celery", "d": "public", "e": "public"}
 #: the child processes' log names of each system start with this
-LOGS = {"b": "naive-", "c": "celery-", "d": "agentrunner-"}
+LOGS = {"b": "naive-", "c": "celery-", "d": "agentrunner-", "e": "compare-"}
 #: the shared services, whose CPU time is reported per task too
 SERVICES = {"beam.smp": "RabbitMQ", "postgres": "PostgreSQL", "redis-server": "Redis"}
 
@@ -186,6 +189,9 @@ class Bench:
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.logs: dict[str, Path] = {}
         self.database_created = False
+        self.compare_database = f"{self.database}_e"  # (e): agentrunner again, with --compare's settings
+        self.compare_created = False
+        self.compare_db: Any = None
         self.broker = Broker(f"{self.prefix}.ceiling")
         self.urls: dict[str, str] = {}
         self.skipped: dict[str, str] = {}
@@ -248,9 +254,14 @@ class Bench:
         try:
             await admin.execute(f'CREATE DATABASE "{self.database}"')
             self.database_created = True
+            if self.args.compare is not None:  # (e) migrates its own tables, into a database of its own
+                await admin.execute(f'CREATE DATABASE "{self.compare_database}"')
+                self.compare_created = True
         finally:
             await admin.close()
         self.db = await asyncpg.connect(self.database_url)
+        if self.compare_created:
+            self.compare_db = await asyncpg.connect(f"{POSTGRES}/{self.compare_database}")
         schema = (REPO / "sql" / "002_execution_history.sql").read_text()
         for name in ("naive", "celery"):  # (d) migrates its own tables into public
             await self.db.execute(f"CREATE SCHEMA {name}; SET search_path TO {name}; {schema}; RESET search_path")
@@ -259,8 +270,9 @@ class Bench:
         if key not in SCHEMA:
             return 0
         table = f"{SCHEMA[key]}.execution_history"
+        db = self.compare_db if key == "e" else self.db
         with contextlib.suppress(Exception):
-            return await self.db.fetchval(f"SELECT count(*) FROM {table} WHERE agent_name = 'bench-echo'")
+            return await db.fetchval(f"SELECT count(*) FROM {table} WHERE agent_name = 'bench-echo'")
         return 0
 
     async def start_naive(self) -> None:
@@ -286,27 +298,34 @@ class Bench:
         await self.await_healthy("c", port, "celery-intake")
         await self.await_lines("c", ["celery-worker"], "bench worker ready", 1)
 
-    async def start_agentrunner(self) -> None:
+    async def start_agentrunner(self, key: str = "d") -> None:
+        """(d), or with key "e" the same again on a database, exchange and key prefix of its own, with
+        --compare's settings added to the environment of serve, of the workers, or of both."""
         missing = [name for name in ("agentrunner_postgres", "agentrunner_rabbitmq", "agentrunner_redis")
                    if importlib.util.find_spec(name) is None]
         if missing:
             raise RuntimeError(f"not installed: {', '.join(m.replace('_', '-') for m in missing)} "
                                "(pip install -e plugins/<name>)")
-        config = self.tmp / "config"
+        config = self.tmp / f"config-{key}"
         (config / "agents").mkdir(parents=True)
         (config / "agents" / "bench-echo.yaml").write_text(AGENT)
         port = free_port()
-        env = {**os.environ, "DATABASE_URL": self.database_url, "RABBITMQ_URL": AMQP_URL,
-               "RABBITMQ_EXCHANGE": f"{self.prefix}-agentrunner", "REDIS_HOST": "127.0.0.1",
-               "REDIS_DB": str(REDIS_DB), "REDIS_KEY_PREFIX": f"{self.prefix}:agentrunner:",
+        name = "agentrunner" if key == "d" else "compare"
+        database_url = self.database_url if key == "d" else f"{POSTGRES}/{self.compare_database}"
+        env = {**os.environ, "DATABASE_URL": database_url, "RABBITMQ_URL": AMQP_URL,
+               "RABBITMQ_EXCHANGE": f"{self.prefix}-{name}", "REDIS_HOST": "127.0.0.1",
+               "REDIS_DB": str(REDIS_DB), "REDIS_KEY_PREFIX": f"{self.prefix}:{name}:",
                "CONFIG_HOT_RELOAD": "false", "ORCHESTRATOR_PORT": str(port), "WORKER_PROCESSES": str(self.args.workers),
                "LOG_LEVEL": "WARNING", "ORCHESTRATOR_LOG_LEVEL": "WARNING"}
+        serve_env, worker_env = env, env
+        if key == "e":
+            serve_env, worker_env = ({**env, **self.args.compare[role]} for role in ("serve", "worker"))
         command = [sys.executable, "-m", "agentrunner"]
-        self.spawn("agentrunner-serve", [*command, "serve", "--config", str(config), "--service", "orchestrator"],
-                   env, cwd=self.tmp)
-        await self.await_healthy("d", port, "agentrunner-serve", timeout=60)
-        self.spawn("agentrunner-worker", [*command, "worker", "--config", str(config)], env, cwd=self.tmp)
-        await self.await_lines("d", ["agentrunner-worker"], "consuming", self.args.workers)
+        self.spawn(f"{name}-serve", [*command, "serve", "--config", str(config), "--service", "orchestrator"],
+                   serve_env, cwd=self.tmp)
+        await self.await_healthy(key, port, f"{name}-serve", timeout=60)
+        self.spawn(f"{name}-worker", [*command, "worker", "--config", str(config)], worker_env, cwd=self.tmp)
+        await self.await_lines(key, [f"{name}-worker"], "consuming", int(worker_env["WORKER_PROCESSES"]))
 
     async def await_healthy(self, key: str, port: int, name: str, timeout: float = 30) -> None:
         process = dict(self.processes)[name]
@@ -375,10 +394,11 @@ class Bench:
         finally:  # connections belong to this event loop: close them in it, even when interrupted
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.broker.stop(), 10)
-            if self.db is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self.db.close(), 10)
-                self.db = None
+            for db in (self.db, self.compare_db):
+                if db is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(db.close(), 10)
+            self.db = self.compare_db = None
 
     async def _main(self) -> None:
         args = self.args
@@ -391,9 +411,12 @@ class Bench:
         print(f"services: PostgreSQL {await self.db.fetchval('SHOW server_version')}, RabbitMQ "
               f"{await rabbitmq_version()}; {versions()}", flush=True)
         starts = {"a": lambda: self.broker.start(max(args.concurrency, 1) * 2), "b": self.start_naive,
-                  "c": self.start_celery, "d": self.start_agentrunner}
+                  "c": self.start_celery, "d": self.start_agentrunner,
+                  "e": lambda: self.start_agentrunner("e")}
         for key in set(starts) - set(args.systems):
             self.skipped[key] = "not selected (--systems)"
+        if args.compare is None:
+            self.skipped["e"] = "no --compare"
         for key, start in starts.items():
             if key in self.skipped:
                 continue
@@ -409,9 +432,12 @@ class Bench:
                 self.skipped[key] = f"warm-up: {result['failures']} of 200 tasks failed\n{self.tail(*logs)}"
                 print(f"  ✗ {LABELS[key]}: {self.skipped[key]}", flush=True)
         for repeat in range(1, args.repeat + 1):
-            for key in [k for k in LABELS if k not in self.skipped]:
+            order = [k for k in LABELS if k not in self.skipped]
+            if repeat % 2 == 0 and "d" in order and "e" in order:  # (d) and (e) take turns going first
+                order[order.index("d")], order[order.index("e")] = "e", "d"
+            for key in order:
                 await self.run_one(key, repeat, args.tasks, args.concurrency, self.loaded)
-            for key in [k for k in LABELS if k not in self.skipped]:
+            for key in order:
                 await self.run_one(key, repeat, args.latency_tasks, 1, self.single)
         self.report()
 
@@ -428,6 +454,7 @@ class Bench:
             return
         own_after, services_after = cpu_seconds(groups)
         result["rows"] = await self.rows(key) - before
+        result["repeat"] = repeat
         # CPU ms per task: the system's own processes ((a): this process, publisher and consumer) and the services
         result["cpu"] = 1000 * ((time.process_time() - mine) if key == "a" else own_after - own) / tasks
         spent = {name: 1000 * (services_after[name] - services[name]) / tasks for name in services}
@@ -449,7 +476,8 @@ class Bench:
               f"single task: {self.args.latency_tasks} sent one at a time")
         print(f"{'system':<36} {'per s':>7} {'(min–max)':>13} {'p50 ms':>8} {'p99 ms':>8} {'1-in-flight p50':>16}"
               f" {'CPU ms/task':>12} {'services':>9} {'failed':>7}")
-        for key, label in LABELS.items():
+        shown = {key: label for key, label in LABELS.items() if key != "e" or self.args.compare is not None}
+        for key, label in shown.items():
             if not self.loaded[key]:
                 print(f"{label:<36} not measured: {self.skipped.get(key, 'no result').splitlines()[0]}")
                 continue
@@ -471,6 +499,12 @@ class Bench:
             if rate["d"] and rate[other]:
                 ratio = rate["d"] / rate[other]
                 print(f"throughput (d)/({other}): {ratio:.2f}  (target ≥ 1.00: {'met' if ratio >= 1 else 'NOT met'})")
+        if rate["d"] and rate["e"]:
+            # run by run: (d) and (e) ran one after the other, so the drift of the machine cancels out
+            rates = {run["repeat"]: run["rate"] for run in self.loaded["d"]}
+            pairs = [run["rate"] / rates[run["repeat"]] for run in self.loaded["e"] if run["repeat"] in rates]
+            print(f"compare (e)/(d): median {statistics.median(pairs):.2f} of the runs' ratios "
+                  f"({' '.join(f'{ratio:.2f}' for ratio in pairs)}); (e) ran with {self.args.compare_text}")
         single_c, single_d = median("c", "p50", self.single), median("d", "p50", self.single)
         if single_c and single_d:
             print(f"single-task p50: (d) {single_d:.2f} ms, (c) {single_c:.2f} ms  "
@@ -479,7 +513,8 @@ class Bench:
                  for r in self.loaded[k] + self.single[k] if r["rows"] != r["tasks"]]
         print("rows recorded: " + ("one per task for every run" if not wrong else "; ".join(wrong)))
         for key, reason in self.skipped.items():
-            print(f"not measured {LABELS[key]}: {reason}")
+            if key in shown:
+                print(f"not measured {LABELS[key]}: {reason}")
 
     # --- clean-up --------------------------------------------------------------------------------
 
@@ -529,13 +564,31 @@ class Bench:
     async def _drop(self) -> None:
         import asyncpg
 
-        if not self.database_created:
+        databases = [name for name, created in ((self.database, self.database_created),
+                                                (self.compare_database, self.compare_created)) if created]
+        if not databases:
             return
         admin = await asyncpg.connect(f"{POSTGRES}/postgres")
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            for name in databases:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         finally:
             await admin.close()
+
+
+def compare_settings(text: str) -> dict[str, dict[str, str]]:
+    """--compare's ``NAME=value`` words, each for serve and the workers, or with ``serve:``/``worker:`` for one."""
+    settings: dict[str, dict[str, str]] = {"serve": {}, "worker": {}}
+    for word in text.split():
+        target, equals, value = word.partition("=")
+        role, _, name = target.rpartition(":")
+        if not equals or not name or not name.replace("_", "").isalnum() or role not in ("", "serve", "worker"):
+            raise ValueError(f"{word!r} is not NAME=value, serve:NAME=value or worker:NAME=value")
+        for target in ((role,) if role else ("serve", "worker")):
+            settings[target][name] = value
+    if not any(settings.values()):
+        raise ValueError("no setting given: (e) would be (d) again")
+    return settings
 
 
 def main() -> int:
@@ -555,10 +608,24 @@ def main() -> int:
     parser.add_argument("--systems", default="abcd",
                         help="which systems to measure, e.g. 'bd' for the hand-written pipeline and agentrunner "
                              "(default abcd: all four)")
+    parser.add_argument("--compare", metavar="SETTINGS",
+                        help="also measure (e): agentrunner again with these settings, e.g. "
+                             "'WORKER_THREADS_PER_PROCESS=4' or 'serve:TASK_ROUTING_STRATEGY=weighted "
+                             "serve:WORKER_WEIGHT=3' (serve: or worker: for one of them only), its runs alternating "
+                             "with (d)'s; reports (e)/(d) run by run")
     args = parser.parse_args()
-    unknown = set(args.systems) - set(LABELS)
+    unknown = set(args.systems) - set("abcd")
     if unknown or not args.systems:
-        parser.error(f"--systems: letters of {''.join(LABELS)} only, not {''.join(sorted(unknown)) or 'nothing'}")
+        parser.error(f"--systems: letters of abcd only, not {''.join(sorted(unknown)) or 'nothing'}")
+    args.compare_text = args.compare
+    if args.compare is not None:
+        try:
+            args.compare = compare_settings(args.compare)
+        except ValueError as exc:
+            parser.error(f"--compare: {exc}")
+        if "d" not in args.systems:
+            parser.error("--compare: (e) is compared with (d), so --systems must include d")
+        args.systems += "e"
     bench = Bench(args)
     code = 0
     try:
