@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextvars
 
 import pytest
 import uvloop
@@ -46,3 +47,98 @@ def test_an_unknown_choice_names_the_variable():
     with pytest.raises(eventloop.EventLoopUnavailable,
                        match=r"EVENT_LOOP='trio' is not one of auto, uvloop, asyncio"):
         eventloop.loop_factory("trio")
+
+
+# --- start_eagerly: an execution's first step runs at once, as its own task ------------------------------
+
+LOOPS = pytest.mark.parametrize("choice", ["asyncio", "uvloop"])
+CURRENT = contextvars.ContextVar("current", default="caller")
+
+
+@LOOPS
+def test_a_coroutine_that_ends_without_waiting_ends_at_once_as_a_task_of_its_own(choice):
+    async def main():
+        caller = asyncio.current_task()
+        seen = {}
+
+        async def instant():
+            seen["task"] = asyncio.current_task()
+            CURRENT.set("execution")
+            return 42
+
+        turns = []
+        asyncio.get_running_loop().call_soon(turns.append, "a turn went by")
+        assert eventloop.start_eagerly(instant()) == (True, 42)
+        assert turns == []  # no turn of the loop before or after it
+        assert seen["task"] is not None and seen["task"] is not caller
+        assert asyncio.current_task() is caller and CURRENT.get() == "caller"  # its context was a copy
+
+    eventloop.run(main(), choice)
+
+
+@LOOPS
+def test_a_coroutine_that_waits_goes_on_in_the_same_task_and_context(choice):
+    async def main():
+        caller = asyncio.current_task()
+
+        async def waits():
+            first = asyncio.current_task()
+            CURRENT.set("execution")
+            await asyncio.sleep(0.01)
+            return first is asyncio.current_task(), CURRENT.get()
+
+        ended, task = eventloop.start_eagerly(waits())
+        assert not ended and isinstance(task, asyncio.Task)
+        assert await task == (True, "execution")
+        assert asyncio.current_task() is caller and CURRENT.get() == "caller"
+
+    eventloop.run(main(), choice)
+
+
+@LOOPS
+def test_a_timeout_entered_in_the_first_step_cancels_that_task_not_the_caller(choice):
+    async def main():
+        async def slow():
+            async with asyncio.timeout(0.02):  # bound to the task that enters it
+                await asyncio.sleep(5)
+
+        ended, task = eventloop.start_eagerly(slow())
+        assert not ended
+        with pytest.raises(TimeoutError):
+            await task
+        assert not asyncio.current_task().cancelling()
+
+    eventloop.run(main(), choice)
+
+
+@LOOPS
+def test_an_exception_of_the_first_step_is_raised_to_the_caller(choice):
+    async def main():
+        async def fails():
+            raise ValueError("the model is down")
+
+        with pytest.raises(ValueError, match="the model is down"):
+            eventloop.start_eagerly(fails())
+
+    eventloop.run(main(), choice)
+
+
+@LOOPS
+def test_a_cancellation_before_the_task_goes_on_reaches_the_coroutine(choice):
+    async def main():
+        cleaned = []
+
+        async def waits():
+            try:
+                await asyncio.sleep(5)
+            finally:
+                cleaned.append("cleaned up")
+
+        ended, task = eventloop.start_eagerly(waits())
+        assert not ended
+        task.cancel()  # before the task's first turn: the coroutine is waiting inside its first step
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert cleaned == ["cleaned up"]
+
+    eventloop.run(main(), choice)

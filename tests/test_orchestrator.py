@@ -387,6 +387,31 @@ async def test_a_slot_is_free_once_the_execution_ends_even_while_its_event_is_be
     assert (await platform.orchestrator.wait(first.execution_id, 5)).result == "one"
 
 
+async def test_a_process_handles_every_task_it_holds_while_earlier_events_wait_for_the_broker(make_platform):
+    # one slot, RABBITMQ_PREFETCH_COUNT=6: six handlers (not two, twice the slots), so a broker slow to
+    # confirm the completion events holds up no task the process has in hand
+    platform = await make_platform(WORKER_PROCESSES="1", WORKER_THREADS_PER_PROCESS="1", RABBITMQ_PREFETCH_COUNT="6")
+    gate = asyncio.Event()
+    publish = platform.bus.publish
+
+    async def slow_events(routing_key, payload, headers=None, **options):
+        if routing_key == "agent.execution.completed":
+            await gate.wait()
+        await publish(routing_key, payload, headers, **options)
+
+    platform.bus.publish = slow_events
+    executions = [(await platform.orchestrator.submit("echo-agent", f"task {n}"))[0] for n in range(6)]
+    for _ in range(300):
+        stored = [await platform.store.get_execution(e.execution_id) for e in executions]
+        if all(execution.status == "completed" for execution in stored):
+            break
+        await asyncio.sleep(0.01)
+    assert [execution.status for execution in stored] == ["completed"] * 6
+    gate.set()
+    for number, execution in enumerate(executions):
+        assert (await platform.orchestrator.wait(execution.execution_id, 5)).result == f"task {number}"
+
+
 async def test_a_parent_cancelled_while_taking_its_slot_back_leaves_no_extra_slot(make_platform, agents_dir, modes):
     (agents_dir / "gate.yaml").write_text(agent_yaml("gate", "gate"))
     (agents_dir / "gate-parent.yaml").write_text(agent_yaml("gate-parent", "gate-parent"))

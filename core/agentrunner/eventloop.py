@@ -9,6 +9,9 @@ or a platform without uvloop); ``EVENT_LOOP=uvloop`` insists on uvloop and fails
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import contextvars
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -46,3 +49,73 @@ def run(coroutine: Coroutine[Any, Any, T], choice: str = "auto") -> T:
     """``asyncio.run`` on the loop ``choice`` asks for."""
     with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
         return runner.run(coroutine)
+
+
+def start_eagerly(coroutine: Coroutine[Any, Any, T]) -> tuple[bool, Any]:
+    """Start ``coroutine`` as a task that runs its first step now, as Python 3.12's eager tasks do.
+
+    ``(True, result)`` when it ended without waiting (its exception, if it raised one, is raised here),
+    else ``(False, task)``, the task running the rest of it. Either way the first step runs as the
+    task — ``asyncio.current_task()`` is the task, in a copy of the current context — so cancel scopes
+    and context variables behave as in any task. A coroutine that ends at once (an execution whose
+    model answers without I/O) costs no turn of the event loop before and after it.
+    """
+    loop = asyncio.get_running_loop()
+    if sys.version_info >= (3, 12):
+        task = asyncio.Task(coroutine, loop=loop, eager_start=True)
+        return (True, task.result()) if task.done() else (False, task)
+    rest = _Rest(coroutine)
+    context = contextvars.copy_context()
+    task = loop.create_task(rest, context=context)  # scheduled: its first step hands on what the eager one awaits
+    caller = asyncio.current_task(loop)
+    if caller is not None:
+        asyncio.tasks._leave_task(loop, caller)
+    asyncio.tasks._enter_task(loop, task)
+    try:
+        rest.awaiting = context.run(coroutine.send, None)
+    except StopIteration as stop:
+        rest.ended = True
+        return True, stop.value
+    except BaseException:
+        rest.ended = True
+        raise
+    finally:
+        asyncio.tasks._leave_task(loop, task)
+        if caller is not None:
+            asyncio.tasks._enter_task(loop, caller)
+    return False, task
+
+
+class _Rest(collections.abc.Coroutine):
+    """What the task of ``start_eagerly`` runs on Python 3.11: the rest of a coroutine whose first step
+    ran already. Its first ``send`` hands the task what that step is waiting for; everything else goes
+    to the coroutine itself, so a cancellation before the task's first step reaches the coroutine too."""
+
+    __slots__ = ("awaiting", "coroutine", "ended", "handed")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        self.coroutine = coroutine
+        self.awaiting: Any = None
+        self.handed = False
+        self.ended = False  # in its first step: nothing is left for the task
+
+    def send(self, value: Any) -> Any:
+        if self.ended:
+            raise StopIteration
+        if not self.handed:
+            self.handed = True
+            return self.awaiting
+        return self.coroutine.send(value)
+
+    def throw(self, *exc: Any) -> Any:  # type: ignore[override]
+        if self.ended:
+            raise StopIteration
+        self.handed = True
+        return self.coroutine.throw(*exc)
+
+    def close(self) -> None:
+        if not self.ended:
+            self.coroutine.close()
+
+    def __await__(self) -> Any:
+        return self

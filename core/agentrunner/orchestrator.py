@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from agentrunner import logs
+from agentrunner.eventloop import start_eagerly
 from agentrunner.health import HealthMonitor
 from agentrunner.interfaces import (
     BusUnavailable,
@@ -545,14 +546,18 @@ class Orchestrator:
             strategy = self.settings.task_routing_strategy
             consumers = self.settings.worker_weight if strategy == "weighted" else 1
             prefetch = self.slots if strategy in ("least_busy", "weighted") else None
+            # a handler for each message the process may hold (RABBITMQ_PREFETCH_COUNT), at least twice the
+            # slots: a handler whose execution has ended gives its slot back while it records the result
+            # and publishes the event — under load that waits on the store and the broker for a while — and
+            # meanwhile the next task starts; the slots still bound the executions running at once
+            handlers = 2 * self.slots if prefetch is not None else max(2 * self.slots,
+                                                                       self.settings.rabbitmq_prefetch_count)
             for mode in sorted(self.registry.execution_modes):
                 if mode in ORDERED_MODES:
                     continue  # one queue per agent (sync_ordered_queues)
                 for _ in range(consumers):
-                    # twice the slots: a handler whose execution has ended gives its slot back while it records
-                    # the result and publishes the event, and the next task starts meanwhile
                     subscription = await self.bus.subscribe(f"agentrunner.tasks.{mode}", [task_binding(mode)],
-                                                            self._on_task, concurrency=2 * self.slots,
+                                                            self._on_task, concurrency=handlers,
                                                             prefetch=prefetch)
                     self._subscriptions.append(subscription)
             self._consuming = True
@@ -1041,7 +1046,12 @@ class Orchestrator:
     async def _execute_with_limits(self, mode: Any, ctx: ExecutionContext, soft: float, hard: float) -> Any:
         """Run the mode; at the soft limit cancel it, at the hard limit abandon it (both: TimeoutError)."""
         execution_id = ctx.task.execution_id
-        inner = asyncio.ensure_future(mode.execute(ctx))
+        # started eagerly: an execution that ends without waiting (a model answering without I/O) holds its
+        # slot for no turn of the event loop — on a busy loop two turns are milliseconds, and the slots
+        # would bound how many such executions a process runs per second
+        ended, inner = start_eagerly(mode.execute(ctx))
+        if ended:
+            return inner
         self._running[execution_id] = inner
         try:
             waited = 0.0
