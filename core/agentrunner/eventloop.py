@@ -57,8 +57,8 @@ def start_eagerly(coroutine: Coroutine[Any, Any, T]) -> tuple[bool, Any]:
     ``(True, result)`` when it ended without waiting (its exception, if it raised one, is raised here),
     else ``(False, task)``, the task running the rest of it. Either way the first step runs as the
     task — ``asyncio.current_task()`` is the task, in a copy of the current context — so cancel scopes
-    and context variables behave as in any task. A coroutine that ends at once (an execution whose
-    model answers without I/O) costs no turn of the event loop before and after it.
+    and context variables behave as in any task. The caller of a coroutine that ends at once (an
+    execution whose model answers without I/O) waits for no turn of the event loop, before or after it.
     """
     loop = asyncio.get_running_loop()
     if sys.version_info >= (3, 12):
@@ -119,3 +119,6 @@ class _Rest(collections.abc.Coroutine):
 
     def __await__(self) -> Any:
         return self
+
+    def __next__(self) -> Any:
+        return self.send(None)

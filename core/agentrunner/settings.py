@@ -513,7 +513,8 @@ class Settings:
     rabbitmq_blocked_timeout: int = _mq(_COUNT, 300, "seconds a connection may stay blocked by the broker")
     rabbitmq_channel_max: int = _mq(_Int(1, 65535), 2047, "maximum channels per connection")
     rabbitmq_frame_max: int = _mq(_Int(4096), 131072, "maximum frame size in bytes")
-    rabbitmq_prefetch_count: int = _mq(_COUNT, 10, "messages prefetched per consumer")
+    rabbitmq_prefetch_count: int = _mq(_COUNT, 10, "messages prefetched per consumer (a task consumer handles "
+                                                   "each: those past its slots wait for one)")
     rabbitmq_consumer_timeout: int = _mq(_POSITIVE, 1800000, "consumer acknowledgement timeout in milliseconds")
     rabbitmq_queue_max_length: int = _mq(_POSITIVE, 10000, "maximum messages per queue")
     rabbitmq_message_ttl: int = _mq(_POSITIVE, 86400000, "message TTL in milliseconds (24 h)")
