@@ -310,7 +310,7 @@ class Bench:
         (config / "agents").mkdir(parents=True)
         (config / "agents" / "bench-echo.yaml").write_text(AGENT)
         port = free_port()
-        name = "agentrunner" if key == "d" else "compare"
+        name = LOGS[key].rstrip("-")  # agentrunner, compare: the names of its processes and resources
         database_url = self.database_url if key == "d" else f"{POSTGRES}/{self.compare_database}"
         env = {**os.environ, "DATABASE_URL": database_url, "RABBITMQ_URL": AMQP_URL,
                "RABBITMQ_EXCHANGE": f"{self.prefix}-{name}", "REDIS_HOST": "127.0.0.1",
