@@ -202,8 +202,10 @@ class Supervisor:
         self.announce(f"stopping: no new tasks; workers finish running executions "
                       f"(up to {self.settings.shutdown_grace_period:g} s)")
         for child in [*self._children.values(), *self._retiring]:
-            if child.process.is_alive():
-                os.kill(child.process.pid, signal.SIGTERM)
+            # (one that has drained may exit between the check and the signal)
+            with contextlib.suppress(ProcessLookupError):
+                if child.process.is_alive():
+                    os.kill(child.process.pid, signal.SIGTERM)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
