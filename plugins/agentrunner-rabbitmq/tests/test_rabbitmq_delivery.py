@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from agentrunner_rabbitmq import bus as bus_module
 from agentrunner_rabbitmq.bus import DELIVERIES_HEADER, MAX_DELIVERIES, ROUTING_KEY_HEADER, QueueConflict
 from rabbitmq_support import eventually, take_all
 
@@ -53,6 +54,7 @@ async def test_messages_are_persistent_json(broker):
     assert message.content_type == "application/json"
     assert message.body.decode() == '{"text": "héllo"}'
     assert message.headers["trace_id"] == "t-1" and message.message_id
+    assert message.timestamp is not None  # when it was published, for whoever reads a dead letter
 
 
 async def test_a_notification_is_transient_and_its_subscription_sends_no_acknowledgements(broker):
@@ -157,7 +159,8 @@ async def test_a_message_no_queue_is_bound_for_is_confirmed_and_not_sent_back(br
     # back whole to the publisher (a wasted round trip per task), so the bus does not set it.
     bus = await broker.bus(RABBITMQ_POOL_SIZE="1")
     returned = []
-    [(channel, _)] = bus._publishers
+    [publisher] = bus._publishers
+    channel = publisher.channel
     channel.return_callbacks.add(lambda sender, message: returned.append(message))
     subscription = await bus.subscribe("bound", ["bound.key"], nothing)
     await subscription.cancel()
@@ -166,6 +169,67 @@ async def test_a_message_no_queue_is_bound_for_is_confirmed_and_not_sent_back(br
     await bus.publish("bound.key", {"n": 5})  # confirmed after any return of the messages before it
     assert returned == []
     assert await bus.queue_depth("bound") == 1
+
+
+async def test_a_handled_message_is_acknowledged_before_the_connection_closes(broker):
+    # the acknowledgement is queued, not awaited until written: stopping right after the handlers return
+    # still sends it ahead of the close, so nothing is delivered again to the next consumer
+    bus = await broker.bus()
+    handled = []
+
+    async def handle(event):
+        handled.append(event.payload["n"])
+
+    await bus.subscribe("acked", ["acked.key"], handle, concurrency=4)
+    for number in range(8):
+        await bus.publish("acked.key", {"n": number})
+    await eventually(lambda: len(handled) == 8)
+    await bus.stop()
+
+    again = []
+
+    async def collect(event):
+        again.append(event)
+
+    later = await broker.bus()
+    await later.subscribe("acked", [], collect)
+    await asyncio.sleep(0.5)
+    assert again == [] and await later.queue_depth("acked") == 0
+    assert sorted(handled) == list(range(8))
+
+
+async def published_per_channel(bus) -> list[int]:
+    """How many messages each publisher channel of ``bus`` has sent (its last delivery tag)."""
+    return [(await publisher.channel.get_underlay_channel()).delivery_tag for publisher in bus._publishers]
+
+
+async def test_publishes_share_the_first_channel_until_it_has_its_fill_of_unconfirmed_ones(broker, monkeypatch):
+    # RabbitMQ writes the confirmations of one channel together and those of two channels apart: a moderate
+    # load goes over one channel, and the rest of the pool takes only what is beyond CONFIRMS_PER_CHANNEL
+    bus = await broker.bus(RABBITMQ_POOL_SIZE="3")
+    subscription = await bus.subscribe("spread", ["spread.key"], nothing)
+    await subscription.cancel()
+    await asyncio.gather(*(bus.publish("spread.key", {"n": number}) for number in range(20)))
+    assert await published_per_channel(bus) == [20, 0, 0]
+
+    monkeypatch.setattr(bus_module, "CONFIRMS_PER_CHANNEL", 4)
+    await asyncio.gather(*(bus.publish("spread.key", {"n": number}) for number in range(10)))
+    assert await published_per_channel(bus) == [24, 4, 2]  # all at once: four awaiting on each, then the least busy
+    assert all(publisher.in_flight == 0 for publisher in bus._publishers)
+    assert await bus.queue_depth("spread") == 30
+
+
+async def test_a_publish_skips_a_channel_of_the_pool_that_is_closed(broker):
+    bus = await broker.bus(RABBITMQ_POOL_SIZE="2")
+    subscription = await bus.subscribe("skip", ["skip.key"], nothing)
+    await subscription.cancel()
+    first = bus._publishers[0].channel
+    await first.close()  # as the broker does on a channel error; a robust channel closed by hand stays closed
+    for number in range(3):
+        await bus.publish("skip.key", {"n": number})
+    assert bus._publishers[1].in_flight == 0
+    assert (await bus._publishers[1].channel.get_underlay_channel()).delivery_tag == 3
+    assert await bus.queue_depth("skip") == 3
 
 
 async def test_a_single_active_queue_keeps_order_across_two_processes(broker):
