@@ -309,11 +309,17 @@ class RabbitMQEventBus:
         write for all that are ready, but those of two channels apart — spreading the publishes of a
         moderate load over the pool would double the broker's system calls per message. The pool takes
         the overflow of a heavy load, and the publishes of a channel that is being restored."""
-        open_ = [publisher for publisher in self._publishers if not publisher.channel.is_closed] or self._publishers
-        for publisher in open_:
-            if publisher.in_flight < CONFIRMS_PER_CHANNEL:
+        least: _Publisher | None = None
+        for publisher in self._publishers:
+            full = publisher.in_flight >= CONFIRMS_PER_CHANNEL
+            if full and least is not None and publisher.in_flight >= least.in_flight:
+                continue  # (is_closed is asked of candidates only: aio-pika's property is not free)
+            if publisher.channel.is_closed:
+                continue
+            if not full:
                 return publisher
-        return min(open_, key=lambda publisher: publisher.in_flight)
+            least = publisher
+        return least or self._publishers[0]  # all closed: the publish waits for the first to be restored
 
     # --- consuming ----------------------------------------------------------------
 
