@@ -4,13 +4,15 @@ refusal of a full queue, expiry into the DLQ, and ordering across processes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
+import aio_pika
 import pytest
 from agentrunner_rabbitmq import bus as bus_module
 from agentrunner_rabbitmq.bus import DELIVERIES_HEADER, MAX_DELIVERIES, ROUTING_KEY_HEADER, QueueConflict
 from rabbitmq_support import eventually, take_all
 
-from agentrunner.interfaces import MessageRejected
+from agentrunner.interfaces import BusUnavailable, MessageRejected
 
 
 async def nothing(event):
@@ -196,6 +198,35 @@ async def test_a_handled_message_is_acknowledged_before_the_connection_closes(br
     await asyncio.sleep(0.5)
     assert again == [] and await later.queue_depth("acked") == 0
     assert sorted(handled) == list(range(8))
+
+
+async def test_a_consumer_the_broker_cancelled_is_restored_and_consumes_again(broker):
+    # deleting a queue makes RabbitMQ cancel its consumer; aio-pika restores the queue and the consumer,
+    # which still gets each delivery as the bus reads it (settled once, not given back twice)
+    bus = await broker.bus()
+    got = []
+
+    async def collect(event):
+        got.append(event.payload["n"])
+
+    await bus.subscribe("restored", ["restored.key"], collect)
+    await bus.publish("restored.key", {"n": 0})
+    await eventually(lambda: got == [0])
+    connection = await aio_pika.connect(broker.url, timeout=5)
+    try:
+        await (await connection.channel()).queue_delete(bus.queue_name("restored"))
+    finally:
+        await connection.close()
+    number = 0
+    deadline = asyncio.get_running_loop().time() + 20
+    while len(got) < 2:  # what is published before the queue is declared again is routed nowhere
+        assert asyncio.get_running_loop().time() < deadline, "the consumer was not restored"
+        number += 1
+        with contextlib.suppress(BusUnavailable):
+            await bus.publish("restored.key", {"n": number})
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(0.3)
+    assert got[0] == 0 and got[1:] == sorted(set(got[1:])) and await bus.queue_depth("restored") == 0
 
 
 async def published_per_channel(bus) -> list[int]:
