@@ -109,6 +109,32 @@ def _unnest(fields: Sequence[str], alias: str) -> str:
     return f"unnest({arrays}) AS {alias}({', '.join(fields)})"
 
 
+def _recordset(fields: Sequence[str], alias: str) -> str:
+    """``json_to_recordset($1::text::json) AS alias(field type, …)``: the rows of a batch in one JSON parameter.
+
+    What the hottest batch (an execution's end, stored with its row) sends instead of ``_unnest``'s
+    array per column: asyncpg checks every element of an array parameter against three abstract base
+    classes before encoding it, and one JSON text built by the C encoder costs the client about a
+    quarter less per row (the server about the same)."""
+    columns = ", ".join(f"{field} {_EXECUTION_ARRAY_TYPES[field]}" for field in fields)
+    return f"json_to_recordset($1::text::json) AS {alias}({columns})"  # text: not through the json codec
+
+
+def _rows_json(rows: Sequence[Execution]) -> str:
+    """Executions as the JSON array ``_recordset`` reads: each column by name, timestamps in ISO 8601 (a
+    naive one as UTC), JSON columns as the values themselves."""
+    out = []
+    for row in rows:
+        values: dict[str, Any] = {}
+        for field in _INSERT_COLUMNS:
+            value = getattr(row, field)
+            if field in _EXECUTION_TIMES and value is not None:
+                value = _utc(value).isoformat()
+            values[field] = value
+        out.append(values)
+    return _encode_json(out)
+
+
 def _column(field: str, alias: str) -> str:
     """A column of an ``_unnest`` row, back in its own type."""
     return f"{alias}.{field}::jsonb" if _EXECUTION_ARRAY_TYPES[field] == "jsonb" else f"{alias}.{field}"
@@ -492,11 +518,11 @@ class PostgresStateStore:
 
     async def _upsert_batch(self, shape: _UpdateShape,
                             upserts: Sequence[tuple[str, tuple[Any, ...], Execution]]) -> list[bool]:
-        arrays = [_array(field, [getattr(row, field) for _, _, row in upserts]) for field in _INSERT_COLUMNS]
+        rows = _rows_json([row for _, _, row in upserts])
         statuses = [shape.expect_status] if shape.expect_status is not None else []
 
         async def op(conn: asyncpg.Connection, retry: bool) -> list[bool]:
-            changed = {row[0] for row in await conn.fetch(shape.upsert, *arrays, *statuses)}
+            changed = {row[0] for row in await conn.fetch(shape.upsert, rows, *statuses)}
             if not retry or shape.expect_status is None:
                 return [execution_id in changed for execution_id, _, _ in upserts]
             # after a lost connection: an upsert that did commit finds its own values now
@@ -823,11 +849,11 @@ class _UpdateShape:
             ends = {end: f"EXCLUDED.{end}" if end in fields else f"e.{end}" for end in ("started_at", "completed_at")}
             excluded.append(duration.format(ends["completed_at"], ends["started_at"]))
         self.upsert = (f"INSERT INTO execution_history AS e ({', '.join(_INSERT_COLUMNS)}) "
-                       f"SELECT {', '.join(_column(field, 'u') for field in _INSERT_COLUMNS)} "
-                       f"FROM {_unnest(_INSERT_COLUMNS, 'u')} ON CONFLICT (execution_id) DO UPDATE SET "
+                       f"SELECT {', '.join(f'u.{field}' for field in _INSERT_COLUMNS)} "
+                       f"FROM {_recordset(_INSERT_COLUMNS, 'u')} ON CONFLICT (execution_id) DO UPDATE SET "
                        f"{', '.join(excluded) or 'execution_id = e.execution_id'}")
         if self.expect_status is not None:
-            self.upsert += f" WHERE e.status = ANY(${len(_INSERT_COLUMNS) + 1}::text[])"
+            self.upsert += " WHERE e.status = ANY($2::text[])"
         self.upsert += " RETURNING e.execution_id"
         # After a lost connection: did our first attempt already set these values?
         self.landed = "SELECT 1 FROM execution_history WHERE execution_id = $1" + "".join(

@@ -96,6 +96,51 @@ async def test_concurrent_claims_and_finishes_are_batched(store):
         assert (got.status, got.result, got.duration_seconds, got.attempts) == ("completed", result, float(i), 1)
 
 
+async def test_batched_finishes_that_insert_their_row_store_every_value_as_given(store):
+    # the executions of waited tasks are stored by the write that records their end, in batches sent as one
+    # JSON parameter: every column must come back as it went, whatever the value
+    agent = f"batch-{new_id()}"
+    naive = datetime(2025, 3, 1, 12, 0, 0, 123456)  # naive: stored as UTC
+    values = [
+        ("plain", {"text": "hi"}, "done"),
+        ("quotes \" and \\ and \n, ünïcødé ✓, </script>", ["a", 1, 2.5, None, True], {"nested": {"list": [[1, 2]]}}),
+        ("", {}, None),
+        ("x" * 5000, {"big": 2**53, "neg": -1.5e-7}, [1, "x"]),
+        ("emoji 🙂", None, "with \u2028 line separator"),
+        ("last", {"k": "v"}, 0),
+    ]
+    executions = []
+    for i, (error, data, _result) in enumerate(values):
+        executions.append(make_execution(agent, status="running", input={"i": i, "text": error}, data=data or {},
+                                         trace_id=new_id(), idempotency_key=f"key-{i}-{new_id()}" if i % 2 else None,
+                                         parent_execution_id=new_id() if i == 3 else None, created_at=T0,
+                                         started_at=naive if i == 0 else T0, attempts=1))
+    fields = [{"status": "failed" if i % 2 else "completed",
+               "completed_at": (naive if i == 0 else T0) + timedelta(seconds=i, microseconds=7),
+               "result": result, "error_message": error or None, "usage": {"input_tokens": i, "model": "m"},
+               "details": {"steps": [i]} if i % 2 else {}}
+              for i, (error, _, result) in enumerate(values)]
+    changed = await asyncio.gather(*(
+        store.update_execution(execution.execution_id, expect_status=("queued", "running"), insert=execution,
+                               **update) for execution, update in zip(executions, fields, strict=True)))
+    assert changed == [True] * len(values)
+    # the first two go alone (nothing else is in flight), the others that arrive meanwhile go together
+    xids = await transactions(store, [execution.execution_id for execution in executions])
+    assert len(set(xids)) <= 3 and len(set(xids[2:])) == 1
+    for i, (execution, update) in enumerate(zip(executions, fields, strict=True)):
+        got = await store.get_execution(execution.execution_id)
+        expected = {**execution.to_json(), **{key: value for key, value in update.items() if key != "completed_at"}}
+        started = naive.replace(tzinfo=UTC) if i == 0 else T0
+        completed = update["completed_at"].replace(tzinfo=UTC)
+        expected.update(completed_at=completed.isoformat(), started_at=started.isoformat(),
+                        duration_seconds=round((completed - started).total_seconds(), 6))
+        assert got.to_json() == expected
+    # the same upsert with a status it does not expect leaves the stored row as it is
+    again = await store.update_execution(executions[0].execution_id, expect_status=("queued",), insert=executions[0],
+                                         status="cancelled")
+    assert again is False and (await store.get_execution(executions[0].execution_id)).status == "completed"
+
+
 async def test_a_compare_and_set_in_a_batch_refuses_only_its_own_row(store):
     agent = f"batch-{new_id()}"
     executions = [make_execution(agent) for _ in range(6)]
