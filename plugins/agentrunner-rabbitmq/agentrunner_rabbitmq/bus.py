@@ -635,8 +635,12 @@ class _Subscription:
     # --- one message ----------------------------------------------------------------
 
     def _on_message(self, message: DeliveredMessage | AbstractIncomingMessage) -> _Done:
+        try:
+            delivery = _Delivery.of(message, settled=self._auto_ack)
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return _DONE  # aio-pika's message of a channel closed meanwhile: the broker has it back
         # a task of the bus: closing the AMQP channel cancels the channel's own tasks, not this one
-        task = asyncio.ensure_future(self._handle(_Delivery.of(message, settled=self._auto_ack)))
+        task = asyncio.ensure_future(self._handle(delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return _DONE  # the consumer's caller awaits what it returns: nothing, and not the handler's task

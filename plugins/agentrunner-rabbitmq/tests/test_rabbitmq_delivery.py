@@ -10,7 +10,7 @@ import aio_pika
 import pytest
 from agentrunner_rabbitmq import bus as bus_module
 from agentrunner_rabbitmq.bus import DELIVERIES_HEADER, MAX_DELIVERIES, ROUTING_KEY_HEADER, QueueConflict
-from rabbitmq_support import eventually, take_all
+from rabbitmq_support import broker_settings, eventually, take_all
 
 from agentrunner.interfaces import BusUnavailable, MessageRejected
 
@@ -227,6 +227,31 @@ async def test_a_consumer_the_broker_cancelled_is_restored_and_consumes_again(br
         await asyncio.sleep(0.2)
     await asyncio.sleep(0.3)
     assert got[0] == 0 and got[1:] == sorted(set(got[1:])) and await bus.queue_depth("restored") == 0
+
+
+async def test_a_message_whose_channel_closed_before_its_handler_started_is_left_to_the_broker():
+    # aio-pika's wrapper (used when it restores a consumer) hands over a message whose channel may have closed
+    # meanwhile: the broker delivers it again, so no handler starts for it here
+    from aiormq.abc import DeliveredMessage
+    from pamqp import commands
+    from pamqp.header import ContentHeader
+
+    class ClosedChannel:
+        is_closed = True
+
+    handled = []
+
+    async def handle(event):
+        handled.append(event)
+
+    subscription = bus_module._Subscription(bus_module.RabbitMQEventBus(broker_settings("unused")), "q", handle,
+                                            concurrency=1, exclusive=False, single_active=False)
+    delivered = DeliveredMessage(delivery=commands.Basic.Deliver(consumer_tag="c", delivery_tag=1, routing_key="k"),
+                                 header=ContentHeader(properties=commands.Basic.Properties(), body_size=2),
+                                 body=b"{}", channel=ClosedChannel())
+    assert await subscription._on_message(aio_pika.IncomingMessage(delivered)) is None  # awaitable, done at once
+    await asyncio.sleep(0)
+    assert handled == [] and not subscription._tasks
 
 
 async def published_per_channel(bus) -> list[int]:
