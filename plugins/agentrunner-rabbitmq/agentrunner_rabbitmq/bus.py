@@ -45,6 +45,7 @@ from agentrunner_rabbitmq.connection import (
     open_connection,
     server_version,
 )
+from agentrunner_rabbitmq.properties import Properties
 from agentrunner_rabbitmq.topology import Topology
 
 log = logging.getLogger("agentrunner.bus.rabbitmq")
@@ -71,8 +72,6 @@ _BROKER_CONSUMER_TIMEOUT = 1_800_000
 #: What talking to the broker raises when the channel or connection is gone (ChannelInvalidStateError
 #: is a RuntimeError).
 _AMQP_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError)
-#: A message's properties (delivery mode 2: persistent, 1: transient), as AMQP encodes them.
-Properties = aiormq.spec.Basic.Properties
 
 
 class BusMisconfigured(BusUnavailable, ValueError):
