@@ -30,6 +30,8 @@ RECONNECT_INTERVAL = 2.0
 
 _METHOD_FRAME = 1
 _FRAME_HEADER = 7  # type (1), channel (2), payload size (4)
+#: Bytes asked of the socket's buffer at a time (asyncio's StreamReader holds up to 64 KiB before pausing).
+_READ_SIZE = 65536
 _TUNE = (10, 30)
 _CLOSE = (10, 50)
 _BLOCKED = (10, 60)
@@ -101,22 +103,36 @@ def _shortstr(payload: bytes, offset: int) -> str:
 class _WatchedReader:
     """The connection's stream reader, showing each method frame of channel 0 to the watch.
 
-    aiormq reads a frame as its 7-byte header, then its payload and frame end.
+    aiormq reads a frame as its 7-byte header (in two reads), then its payload and frame end: three
+    reads a frame, six for a delivered message. Each is served here from what one read of the socket
+    brought (all the frames that had arrived), without a pass through asyncio's ``StreamReader`` —
+    whose ``readexactly`` checks its state, slices its buffer and moves the rest of it down on every call.
     """
 
     def __init__(self, reader: asyncio.StreamReader, watch: ConnectionWatch) -> None:
         self._reader = reader
         self._watch = watch
+        self._buffer = b""
+        self._offset = 0  # where the unread part of the buffer starts
         self._header = b""
 
     def at_eof(self) -> bool:
-        return self._reader.at_eof()
+        return self._offset >= len(self._buffer) and self._reader.at_eof()
 
     async def read(self, n: int = -1) -> bytes:
+        if self._offset < len(self._buffer):
+            data = self._buffer[self._offset:] if n < 0 else self._buffer[self._offset:self._offset + n]
+            self._offset += len(data)
+            return data
         return await self._reader.read(n)
 
     async def readexactly(self, n: int) -> bytes:
-        data = await self._reader.readexactly(n)
+        end = self._offset + n
+        if end > len(self._buffer):
+            await self._fill(n)
+            end = n
+        data = self._buffer[self._offset:end]
+        self._offset = end
         if len(self._header) < _FRAME_HEADER:
             self._header += data
             return data
@@ -124,6 +140,19 @@ class _WatchedReader:
         if header[0] == _METHOD_FRAME and header[1:3] == b"\x00\x00":
             data = self._watch.connection_method(data)
         return data
+
+    async def _fill(self, n: int) -> None:
+        """Read until ``n`` bytes are buffered (and whatever else has arrived)."""
+        chunks = [self._buffer[self._offset:]]
+        buffered = len(chunks[0])
+        while buffered < n:
+            chunk = await self._reader.read(_READ_SIZE)
+            if not chunk:
+                raise asyncio.IncompleteReadError(b"".join(chunks), n)
+            chunks.append(chunk)
+            buffered += len(chunk)
+        self._buffer = b"".join(chunks)
+        self._offset = 0
 
 
 class _CoalescingWriter:
