@@ -270,12 +270,15 @@ class RabbitMQEventBus:
         try:
             async with asyncio.timeout(self._timeout):
                 while True:
-                    await self._watch.unblocked.wait()
-                    await channel.ready()  # while the connection is lost: until it is back and the channel restored
+                    underlay = publisher.underlay
+                    if underlay is None or underlay.is_closed or self._watch.blocked:
+                        await self._watch.unblocked.wait()
+                        await channel.ready()  # while the connection is lost: until it is back and restored
                     try:
-                        if channel.is_closed:
-                            raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
-                        underlay = await channel.get_underlay_channel()
+                        if underlay is None or underlay.is_closed:
+                            if channel.is_closed:
+                                raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
+                            underlay = publisher.underlay = await channel.get_underlay_channel()
                         # mandatory=False: a message no queue is bound for (a completion event nobody
                         # listens to) is dropped by RabbitMQ instead of sent back whole; the channels
                         # ignore returns anyway (on_return_raises is off), so only the round trip goes.
@@ -500,12 +503,14 @@ class RabbitMQEventBus:
 class _Publisher:
     """A channel of the publisher pool, its exchange, and how many of its publishes await a confirmation."""
 
-    __slots__ = ("channel", "exchange", "in_flight")
+    __slots__ = ("channel", "exchange", "in_flight", "underlay")
 
     def __init__(self, channel: AbstractRobustChannel, exchange: AbstractRobustExchange) -> None:
         self.channel = channel
         self.exchange = exchange
         self.in_flight = 0
+        #: the channel's aiormq channel when last seen open (aio-pika opens another after a reconnection)
+        self.underlay: aiormq.abc.AbstractChannel | None = None
 
 
 class _Subscription:
