@@ -102,12 +102,15 @@ class Execution:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Execution:
         """The inverse of ``to_json`` (an execution that travelled as JSON)."""
-        fields = {field.name for field in attrs.fields(cls)}
+        fields = _EXECUTION_FIELDS if cls is Execution else frozenset(field.name for field in attrs.fields(cls))
         values = {key: value for key, value in data.items() if key in fields}
         for key in ("created_at", "started_at", "completed_at"):
             if values.get(key) is not None:
                 values[key] = datetime.fromisoformat(values[key])
         return cls(**values)
+
+
+_EXECUTION_FIELDS = frozenset(field.name for field in attrs.fields(Execution))
 
 
 @attrs.define

@@ -267,9 +267,10 @@ def create_app(platform: Any) -> web.Application:
     """The AgentOrchestrator application; plugins add routes through ``register_routes``."""
     app = make_app(platform, "AgentOrchestrator")
     router = app.router
+    # the task path first: the router tries the routes under one prefix in the order they were added
+    router.add_post("/agents/{name}/tasks", submit_task)
     router.add_get("/agents", list_agents)
     router.add_get("/agents/{name}", get_agent)
-    router.add_post("/agents/{name}/tasks", submit_task)
     router.add_get("/executions", list_executions)
     router.add_get("/executions/{id}", get_execution)
     router.add_get("/executions/{id}/stream", stream_execution)
