@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextvars
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import uvloop
@@ -142,3 +145,21 @@ def test_a_cancellation_before_the_task_goes_on_reaches_the_coroutine(choice):
         assert cleaned == ["cleaned up"]
 
     eventloop.run(main(), choice)
+
+
+def test_a_started_process_leaves_what_start_up_made_to_itself_and_collects_less_often():
+    """settle_gc in a process of its own: it freezes the heap and changes the thresholds process-wide."""
+    script = textwrap.dedent("""
+        import gc
+        from agentrunner import eventloop
+        kept = [object() for _ in range(10)]
+        before = gc.get_threshold()
+        eventloop.settle_gc()
+        cycle = []
+        cycle.append(cycle)  # made after start-up: still collected
+        del cycle
+        print(gc.get_freeze_count() > len(kept), gc.get_threshold()[0], gc.get_threshold()[1:] == before[1:],
+              gc.collect() >= 1)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", str(eventloop.GC_THRESHOLD), "True", "True"]

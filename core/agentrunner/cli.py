@@ -243,6 +243,7 @@ async def _serve(platform, services: list[str] | None) -> None:
     consume = services is None or "orchestrator" in services
     await platform.start(consume=consume, schedule=services is None or "scheduler" in services)
     runner = await start_services(platform, services)
+    eventloop.settle_gc()
     settings = platform.settings
     for warning in settings.production_warnings():
         logging.getLogger("agentrunner").warning("production: %s", warning)

@@ -86,6 +86,7 @@ def _child_main(config_dir: str | None, limit: int, supervisor: Any) -> None:
     obj = _Context()
     platform = _platform(obj, config_dir, slots=obj.settings().worker_threads_per_process)
     _setup_logging(platform.settings)
+    eventloop.settle_gc()  # what the fork server imported and the platform just built stay
     sys.exit(eventloop.run(run_child(platform, limit, lambda line: print(line, flush=True),
                                      lambda: _tell(supervisor, RETIRING)),
                            platform.settings.event_loop))
