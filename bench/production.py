@@ -498,11 +498,11 @@ class Bench:
         for other in "bc":
             if rate["d"] and rate[other]:
                 ratio = rate["d"] / rate[other]
-                print(f"throughput (d)/({other}): {ratio:.2f}  (target ≥ 1.00: {'met' if ratio >= 1 else 'NOT met'})")
+                pairs = self.run_by_run("d", other)
+                print(f"throughput (d)/({other}): {ratio:.2f}  (target ≥ 1.00: {'met' if ratio >= 1 else 'NOT met'}); "
+                      f"run by run {statistics.median(pairs):.2f} ({min(pairs):.2f}–{max(pairs):.2f})")
         if rate["d"] and rate["e"]:
-            # run by run: (d) and (e) ran one after the other, so the drift of the machine cancels out
-            rates = {run["repeat"]: run["rate"] for run in self.loaded["d"]}
-            pairs = [run["rate"] / rates[run["repeat"]] for run in self.loaded["e"] if run["repeat"] in rates]
+            pairs = self.run_by_run("e", "d")
             print(f"compare (e)/(d): median {statistics.median(pairs):.2f} of the runs' ratios "
                   f"({' '.join(f'{ratio:.2f}' for ratio in pairs)}); (e) ran with {self.args.compare_text}")
         single_c, single_d = median("c", "p50", self.single), median("d", "p50", self.single)
@@ -515,6 +515,12 @@ class Bench:
         for key, reason in self.skipped.items():
             if key in shown:
                 print(f"not measured {LABELS[key]}: {reason}")
+
+    def run_by_run(self, key: str, other: str) -> list[float]:
+        """The rate of ``key`` over that of ``other`` in each repeat: the two ran one after the other, so
+        the drift of the machine (±20 % between runs minutes apart) mostly cancels out of each ratio."""
+        rates = {run["repeat"]: run["rate"] for run in self.loaded[other]}
+        return [run["rate"] / rates[run["repeat"]] for run in self.loaded[key] if run["repeat"] in rates]
 
     # --- clean-up --------------------------------------------------------------------------------
 
