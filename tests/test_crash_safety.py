@@ -127,8 +127,11 @@ async def test_killed_worker_and_dropped_broker_connections_lose_no_task(tmp_pat
 
             waiting = []
             for n in range(TASKS):
-                # naps longer than CLAIM_AFTER: an attempt is claimed (and counted in attempts) while it runs
-                body = {"input": f'/call nap {{"seconds": 0.1, "label": "task {n}"}}', "idempotency_key": f"k{n}"}
+                # naps longer than CLAIM_AFTER: an attempt is claimed (and counted in attempts) while it runs —
+                # six times longer, so that a worker killed at any moment holds claimed attempts (a child starts
+                # the tasks it is handed together, and with naps of twice CLAIM_AFTER it could be killed with all
+                # of them still unclaimed)
+                body = {"input": f'/call nap {{"seconds": 0.3, "label": "task {n}"}}', "idempotency_key": f"k{n}"}
                 async with session.post(f"{base}/agents/napper/tasks", json=body) as response:
                     assert response.status in (200, 202), await response.text()
                     ids.append((await response.json())["execution_id"])

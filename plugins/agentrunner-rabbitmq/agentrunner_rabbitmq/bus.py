@@ -119,6 +119,8 @@ class RabbitMQEventBus:
         self._probe_lock = asyncio.Lock()
         self._blocked_watchdog: asyncio.Task | None = None
         self._lost = False
+        #: the timeout scopes of the publishes under way (see _send)
+        self._attempts: set[asyncio.Timeout] = set()
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -260,22 +262,32 @@ class RabbitMQEventBus:
         would only be turned into them again. ``wait=False``: the publish awaits its confirmation,
         not also the write of its frames (the confirmation comes after it anyway), so the frames of
         many publishes go out in one write and each costs a task switch fewer.
+
+        A publish whose connection is lost before its confirmation came is published again once the
+        connection is back: the broker may hold the message or not. Each attempt runs in a timeout
+        scope that the loss of the connection ends at once (``_on_connection_lost``): a publish waiting
+        on the lost connection — for its confirmation, or in aiormq's full write queue, which a dead
+        connection never empties — would otherwise wait for ``RABBITMQ_CONNECTION_TIMEOUT``, the
+        bound of all attempts together.
         """
         if not self._publishers:
             raise BusUnavailable("the RabbitMQ event bus is not started")
         publisher = self._publisher()
         channel = publisher.channel
         name = publisher.exchange.name if queue is None else ""  # "": the default exchange routes by queue name
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         publisher.in_flight += 1
         try:
-            async with asyncio.timeout(self._timeout):
-                while True:
-                    underlay = publisher.underlay
-                    if underlay is None or underlay.is_closed or self._watch.blocked:
-                        await self._watch.unblocked.wait()
-                        await channel.ready()  # while the connection is lost: until it is back and restored
-                    try:
-                        if underlay is None or underlay.is_closed:
+            while True:
+                attempt = asyncio.timeout_at(deadline)
+                self._attempts.add(attempt)
+                try:
+                    async with attempt:
+                        underlay = publisher.underlay
+                        if underlay is None or underlay.is_closed or self._watch.blocked:
+                            await self._watch.unblocked.wait()
+                            await channel.ready()  # while the connection is lost: until it is back and restored
                             if channel.is_closed:
                                 raise aiormq.exceptions.ChannelInvalidStateError("the channel is closed")
                             underlay = publisher.underlay = await channel.get_underlay_channel()
@@ -285,8 +297,22 @@ class RabbitMQEventBus:
                         await underlay.basic_publish(body, exchange=name, routing_key=queue or routing_key,
                                                      properties=properties, mandatory=False, wait=False)
                         return
-                    except aiormq.exceptions.ChannelInvalidStateError:
-                        await asyncio.sleep(0.05)  # closed before anything was sent: it is being restored
+                except (aiormq.exceptions.ChannelInvalidStateError, ConnectionError):
+                    # closed before anything was sent (it is being restored), or the connection went while
+                    # the message was on its way or awaiting its confirmation: it goes again on the
+                    # connection that replaces this one. At least once, as deliveries are (a consumer may
+                    # see it twice; the store records an execution's end once).
+                    publisher.underlay = None
+                except TimeoutError:
+                    if loop.time() >= deadline:
+                        raise
+                    # cut short: the connection was lost (_on_connection_lost); try again on the next one
+                    publisher.underlay = None
+                finally:
+                    self._attempts.discard(attempt)
+                await asyncio.sleep(min(0.05, max(0.0, deadline - loop.time())))
+                if loop.time() >= deadline:
+                    raise TimeoutError
         except aiormq.exceptions.DeliveryError:
             raise MessageRejected(
                 f"RabbitMQ refused the message for {queue or routing_key!r}: a queue it routes to is full "
@@ -464,6 +490,11 @@ class RabbitMQEventBus:
         return self._address.scrub(text) if self._address else text
 
     def _on_connection_lost(self, _connection: Any, error: BaseException | None) -> None:
+        if self._connection is not None:  # not a stop: publishes on the lost connection start again on the next
+            now = asyncio.get_running_loop().time()
+            for attempt in self._attempts:
+                if attempt.when() is not None and attempt.when() > now:
+                    attempt.reschedule(now)
         if self._connection is not None and not self._lost:  # not a stop, nor a failed attempt to reconnect
             self._lost = True
             why = self._describe(error) if isinstance(error, Exception) else "closed"

@@ -90,6 +90,42 @@ async def test_while_the_broker_is_unreachable_publish_fails_in_time_and_then_ev
         await link.close()
 
 
+async def test_publishes_whose_connection_drops_before_their_confirmation_go_again_once_it_is_back(broker):
+    """The broker may or may not have a message whose confirmation was lost with the connection: it is
+    published again on the next connection (at least once) instead of being reported as not sent."""
+    link = BrokerLink()
+    await link.start()
+    try:
+        bus = await broker.bus(RABBITMQ_PORT=str(link.port), RABBITMQ_CONNECTION_TIMEOUT="20")
+        got: set = set()
+
+        async def collect(event):
+            got.add(event.payload)
+
+        await bus.subscribe("again", ["again.*"], collect, concurrency=8)
+        confirmed: list[int] = []
+        numbers = iter(range(1_000_000))
+        cutting = asyncio.Event()
+
+        async def publisher() -> None:
+            while not cutting.is_set() or len(confirmed) < 2000:
+                number = next(numbers)
+                await bus.publish("again.n", number)  # raises BusUnavailable if a lost confirmation is given up
+                confirmed.append(number)
+
+        publishers = [asyncio.ensure_future(publisher()) for _ in range(32)]
+        await eventually(lambda: len(confirmed) > 300)
+        await link.cut()  # the broker goes away with publishes awaiting their confirmation
+        cutting.set()
+        await asyncio.sleep(0.5)
+        await link.start()
+        await asyncio.wait_for(asyncio.gather(*publishers), 30)
+        await eventually(lambda: got >= set(confirmed), timeout=15)
+        await bus.stop()
+    finally:
+        await link.close()
+
+
 @needs_rabbitmqctl
 async def test_the_bus_recovers_after_the_broker_closes_its_connection(broker):
     bus = await broker.bus()
