@@ -104,7 +104,7 @@ class _WatchedReader:
     """The connection's stream reader, showing each method frame of channel 0 to the watch.
 
     aiormq reads a frame as its 7-byte header (in two reads), then its payload and frame end: three
-    reads a frame, six for a delivered message. Each is served here from what one read of the socket
+    reads a frame, nine for a delivered message. Each is served here from what one read of the socket
     brought (all the frames that had arrived), without a pass through asyncio's ``StreamReader`` —
     whose ``readexactly`` checks its state, slices its buffer and moves the rest of it down on every call.
     """
