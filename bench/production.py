@@ -498,11 +498,13 @@ class Bench:
         for other in "bc":
             if rate["d"] and rate[other]:
                 ratio = rate["d"] / rate[other]
-                pairs = self.run_by_run("d", other)
-                print(f"throughput (d)/({other}): {ratio:.2f}  (target ≥ 1.00: {'met' if ratio >= 1 else 'NOT met'}); "
-                      f"run by run {statistics.median(pairs):.2f} ({min(pairs):.2f}–{max(pairs):.2f})")
-        if rate["d"] and rate["e"]:
-            pairs = self.run_by_run("e", "d")
+                pairs = self.run_by_run("d", other)  # empty only if no repeat measured both
+                paired = f"; run by run {statistics.median(pairs):.2f} ({min(pairs):.2f}–{max(pairs):.2f})" \
+                    if pairs else ""
+                print(f"throughput (d)/({other}): {ratio:.2f}  (target ≥ 1.00: {'met' if ratio >= 1 else 'NOT met'})"
+                      + paired)
+        pairs = self.run_by_run("e", "d") if rate["d"] and rate["e"] else []
+        if pairs:
             print(f"compare (e)/(d): median {statistics.median(pairs):.2f} of the runs' ratios "
                   f"({' '.join(f'{ratio:.2f}' for ratio in pairs)}); (e) ran with {self.args.compare_text}")
         single_c, single_d = median("c", "p50", self.single), median("d", "p50", self.single)

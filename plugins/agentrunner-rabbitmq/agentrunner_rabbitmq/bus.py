@@ -304,7 +304,7 @@ class RabbitMQEventBus:
                     # see it twice; the store records an execution's end once).
                     publisher.underlay = None
                 except TimeoutError:
-                    if loop.time() >= deadline:
+                    if attempt.when() >= deadline:
                         raise
                     # cut short: the connection was lost (_on_connection_lost); try again on the next one
                     publisher.underlay = None
@@ -493,7 +493,7 @@ class RabbitMQEventBus:
         if self._connection is not None:  # not a stop: publishes on the lost connection start again on the next
             now = asyncio.get_running_loop().time()
             for attempt in self._attempts:
-                if attempt.when() is not None and attempt.when() > now:
+                if not attempt.expired():  # (one that expired is ending already)
                     attempt.reschedule(now)
         if self._connection is not None and not self._lost:  # not a stop, nor a failed attempt to reconnect
             self._lost = True
