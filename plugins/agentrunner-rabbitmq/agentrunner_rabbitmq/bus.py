@@ -720,10 +720,10 @@ class _Subscription:
         try:
             payload = json.loads(message.body)
         except ValueError:
-            await self._dead_letter(message, routing_key, previous, "its body is not JSON")
+            await self._dead_letter(message, routing_key, previous + 1, "its body is not JSON")
             return
         if previous >= self._bus.max_deliveries:
-            await self._dead_letter(message, routing_key, previous, "its consumers kept dying")
+            await self._dead_letter(message, routing_key, previous + 1, "its consumers kept dying")
             return
         if message.redelivered and not self._single_active:
             await self._put_back(message, previous)  # the lost delivery is counted before trying again
@@ -778,12 +778,12 @@ class _Subscription:
         else:
             await self._put_back(message, _count((message.headers or {}).get(DELIVERIES_HEADER, 0)))
 
-    async def _dead_letter(self, message: _Delivery, routing_key: str, deliveries: int,
-                           why: str) -> None:
+    async def _dead_letter(self, message: _Delivery, routing_key: str, delivery: int, why: str) -> None:
+        """Reject ``message`` to its dead-letter queue at its ``delivery``-th delivery (counting this one)."""
         where = "dropped (a temporary queue has no dead-letter queue)" if self._exclusive else \
             f"dead-lettered to {self._bus._topology.dead_letter_queue(self.queue)}"
-        log.error("queue %s: message %s (%s) %s after %d deliveries: %s", self.queue, message.message_id,
-                  routing_key, where, deliveries, why)
+        log.error("queue %s: message %s (%s) %s at delivery %d: %s", self.queue, message.message_id,
+                  routing_key, where, delivery, why)
         await self._settle(message.reject(requeue=False))
 
     async def _settle(self, operation: Awaitable[Any]) -> None:

@@ -365,7 +365,7 @@ async def test_a_payload_that_is_not_json_fails_at_the_publisher(broker):
         await bus.publish("k", {"when": object()})
 
 
-async def test_a_body_that_is_not_json_is_dead_lettered(broker):
+async def test_a_body_that_is_not_json_is_dead_lettered(broker, caplog):
     import aio_pika
 
     bus = await broker.bus()
@@ -382,6 +382,8 @@ async def test_a_body_that_is_not_json_is_dead_lettered(broker):
         await exchange.publish(aio_pika.Message(b"not json"), "s")
     [letter] = await take_all(bus.queue_name("strict") + ".dlq")
     assert letter.body == b"not json" and got == []
+    # the operator is told where it went and why, counting the delivery that found it unreadable
+    assert f"dead-lettered to {bus.queue_name('strict')}.dlq at delivery 1: its body is not JSON" in caplog.text
 
 
 async def test_cancel_gives_back_the_messages_not_started_without_counting_a_delivery(broker):
