@@ -15,7 +15,13 @@ import time
 import pytest
 from agentrunner_rabbitmq import RabbitMQEventBus
 from agentrunner_rabbitmq.bus import BusMisconfigured, QueueConflict
-from agentrunner_rabbitmq.connection import ConnectionWatch, _CoalescingWriter, negotiated, server_version
+from agentrunner_rabbitmq.connection import (
+    HOLD_TURNS,
+    ConnectionWatch,
+    _CoalescingWriter,
+    negotiated,
+    server_version,
+)
 from rabbitmq_support import (
     BrokerLink,
     broker_settings,
@@ -353,17 +359,27 @@ class RecordingWriter:
         self.closed = True
 
 
-async def test_frames_written_in_one_turn_of_the_loop_go_out_in_one_send_in_order():
+async def turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+async def test_frames_written_within_a_few_turns_of_the_loop_go_out_in_one_send_in_order():
     inner = RecordingWriter()
     writer = _CoalescingWriter(inner)
-    for frame in (b"publish-1", b"ack-7", b"publish-2"):
+    for frame in (b"publish-1", b"ack-7"):
         writer.write(frame)
         await writer.drain()  # aiormq drains after a frame whose sender waits: that must not send it alone
     assert inner.writes == []  # still this turn
-    await asyncio.sleep(0)
+    await turns(HOLD_TURNS - 2)
+    writer.write(b"publish-2")  # a later turn, before the frames go out: it joins them
+    assert inner.writes == []
+    await turns(2)
     assert inner.writes == [b"publish-1ack-7publish-2"]
-    writer.write(b"heartbeat")
-    await asyncio.sleep(0)
+    writer.write(b"heartbeat")  # alone: it goes out as many turns after it was written
+    await turns(HOLD_TURNS - 1)
+    assert inner.writes[1:] == []
+    await turns(1)
     assert inner.writes[1:] == [b"heartbeat"]
     writer.write(b"close-ok")
     assert writer.can_write_eof()  # the rest is the inner writer's
