@@ -33,9 +33,9 @@ _FRAME_HEADER = 7  # type (1), channel (2), payload size (4)
 #: Bytes asked of the socket's buffer at a time (asyncio's StreamReader holds up to 64 KiB before pausing).
 _READ_SIZE = 65536
 #: Turns of the event loop the frames written from a first one wait for others before they are sent together.
-#: With bench/production.py --compare (10 runs of 3,000 tasks, throughput run by run): about 16 turns against
-#: the next turn only 1.14× with 16 % less CPU per task, against 4 turns 1.16×; 8 or 32 turns 0.97–0.98× of 16,
-#: 64 turns 0.92× (see bench/README.md).
+#: With bench/production.py --compare (10 runs of 3,000 tasks, throughput run by run): 17 turns against the next
+#: turn only 1.14× with 16 % less CPU per task, against 5 turns 1.16×; 9 or 33 turns 0.97–0.98× of 17, 65 turns
+#: 0.92× (bench/README.md, the eighth session).
 HOLD_TURNS = 16
 _TUNE = (10, 30)
 _CLOSE = (10, 50)
