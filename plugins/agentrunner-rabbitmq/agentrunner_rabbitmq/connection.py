@@ -167,8 +167,9 @@ class _CoalescingWriter:
     queued sends each at once: under load, one ``send`` system call — and one TCP segment for the broker
     to read, and a wake-up of its scheduler — per frame. Here the frames written from one write until
     ``HOLD_TURNS`` turns of the loop later are joined and sent together, in the order written. An idle
-    loop runs those turns in microseconds (nothing else is ready); a busy one takes longer over them, and
-    the busier it is the more frames go in one ``send``. ``drain`` keeps the transport's flow control (it
+    loop runs those turns in microseconds (nothing else is ready); a busy one takes longer over them
+    (milliseconds when saturated), and the busier it is the more frames go in one ``send`` — a batch that
+    grows with the load, as a group commit does. ``drain`` keeps the transport's flow control (it
     waits while the socket's buffer is above its high-water mark); closing sends what is pending first.
     """
 
