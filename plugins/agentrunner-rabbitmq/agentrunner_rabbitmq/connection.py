@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
@@ -37,6 +38,10 @@ _READ_SIZE = 65536
 #: turn only 1.14× with 16 % less CPU per task, against 5 turns 1.16×; 9 or 33 turns 0.97–0.98× of 17, 65 turns
 #: 0.92× (bench/README.md, the eighth session).
 HOLD_TURNS = 16
+#: Seconds a held frame waits at most, however long the turns: a loop blocked by slow callbacks turn after turn
+#: (a tool computing in the loop) must not multiply the delay by HOLD_TURNS. Under full load in
+#: bench/production.py a frame waited 30–37 ms at the 99th percentile, 70 ms at most.
+HOLD_MAX_SECONDS = 0.05
 _TUNE = (10, 30)
 _CLOSE = (10, 50)
 _BLOCKED = (10, 60)
@@ -166,10 +171,11 @@ class _CoalescingWriter:
     aiormq writes every frame (a publish, an ack) with its own ``write``, and a socket with nothing
     queued sends each at once: under load, one ``send`` system call — and one TCP segment for the broker
     to read, and a wake-up of its scheduler — per frame. Here the frames written from one write until
-    ``HOLD_TURNS`` turns of the loop later are joined and sent together, in the order written. An idle
-    loop runs those turns in microseconds (nothing else is ready); a busy one takes longer over them
-    (milliseconds when saturated), and the busier it is the more frames go in one ``send`` — a batch that
-    grows with the load, as a group commit does. ``drain`` keeps the transport's flow control (it
+    ``HOLD_TURNS`` turns of the loop later (or ``HOLD_MAX_SECONDS``, if that comes first) are joined and
+    sent together, in the order written. An idle loop runs those turns in microseconds (nothing else is
+    ready); a busy one takes longer over them (milliseconds when saturated), and the busier it is the more
+    frames go in one ``send`` — a batch that grows with the load, as a group commit does. ``drain`` keeps
+    the transport's flow control (it
     waits while the socket's buffer is above its high-water mark); closing sends what is pending first.
     """
 
@@ -180,12 +186,12 @@ class _CoalescingWriter:
 
     def write(self, data: bytes) -> None:
         if not self._pending:
-            self._loop.call_soon(self._hold, HOLD_TURNS)
+            self._loop.call_soon(self._hold, HOLD_TURNS, time.monotonic() + HOLD_MAX_SECONDS)
         self._pending.append(data)
 
-    def _hold(self, turns: int) -> None:
-        if turns > 1:
-            self._loop.call_soon(self._hold, turns - 1)
+    def _hold(self, turns: int, deadline: float) -> None:
+        if turns > 1 and time.monotonic() < deadline:
+            self._loop.call_soon(self._hold, turns - 1, deadline)
         else:
             self._flush()
 

@@ -16,6 +16,7 @@ import pytest
 from agentrunner_rabbitmq import RabbitMQEventBus
 from agentrunner_rabbitmq.bus import BusMisconfigured, QueueConflict
 from agentrunner_rabbitmq.connection import (
+    HOLD_MAX_SECONDS,
     HOLD_TURNS,
     ConnectionWatch,
     _CoalescingWriter,
@@ -364,7 +365,11 @@ async def turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
-async def test_frames_written_within_a_few_turns_of_the_loop_go_out_in_one_send_in_order():
+async def test_frames_written_within_a_few_turns_of_the_loop_go_out_in_one_send_in_order(monkeypatch):
+    import agentrunner_rabbitmq.connection
+
+    # turns only: a pause of this test's process (a busy CI machine) must not end the wait early
+    monkeypatch.setattr(agentrunner_rabbitmq.connection, "HOLD_MAX_SECONDS", 3600.0)
     inner = RecordingWriter()
     writer = _CoalescingWriter(inner)
     for frame in (b"publish-1", b"ack-7"):
@@ -388,6 +393,16 @@ async def test_frames_written_within_a_few_turns_of_the_loop_go_out_in_one_send_
     assert inner.writes[2:] == [b"close-ok", b"<eof>"] and inner.closed
     await asyncio.sleep(0)
     assert inner.writes[2:] == [b"close-ok", b"<eof>"]  # nothing twice
+
+
+async def test_frames_held_while_the_loop_is_blocked_go_out_after_the_longest_wait_not_after_every_turn():
+    inner = RecordingWriter()
+    writer = _CoalescingWriter(inner)
+    writer.write(b"publish-1")
+    # a callback computing in the loop: the first turn of the wait outlasts the longest wait
+    asyncio.get_running_loop().call_soon(time.sleep, HOLD_MAX_SECONDS * 1.2)
+    await turns(2)
+    assert inner.writes == [b"publish-1"]  # not HOLD_TURNS such turns later
 
 
 async def handle_nothing(event):
