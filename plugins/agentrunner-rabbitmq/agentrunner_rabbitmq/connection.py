@@ -34,9 +34,9 @@ _FRAME_HEADER = 7  # type (1), channel (2), payload size (4)
 #: Bytes asked of the socket's buffer at a time (asyncio's StreamReader holds up to 64 KiB before pausing).
 _READ_SIZE = 65536
 #: Turns of the event loop the frames written from a first one wait for others before they are sent together.
-#: With bench/production.py --compare (10 runs of 3,000 tasks, throughput run by run): 17 turns against the next
-#: turn only 1.14× with 16 % less CPU per task, against 5 turns 1.16×; 9 or 33 turns 0.97–0.98× of 17, 65 turns
-#: 0.92× (bench/README.md, the eighth session).
+#: With bench/production.py --compare (throughput run by run): 16 turns against the next turn only 1.15× with 8 %
+#: less CPU per task (12 runs of 3,000 tasks); in the search before (10 runs each), 17 turns against 5 1.16×, 9 or
+#: 33 turns 0.97–0.98× of 17, 65 turns 0.92× (bench/README.md, the eighth session).
 HOLD_TURNS = 16
 #: Seconds a held frame waits at most, however long the turns: a loop blocked by slow callbacks turn after turn
 #: (a tool computing in the loop) must not multiply the delay by HOLD_TURNS. Under full load in
@@ -175,8 +175,8 @@ class _CoalescingWriter:
     sent together, in the order written. An idle loop runs those turns in microseconds (nothing else is
     ready); a busy one takes longer over them (milliseconds when saturated), and the busier it is the more
     frames go in one ``send`` — a batch that grows with the load, as a group commit does. ``drain`` keeps
-    the transport's flow control (it
-    waits while the socket's buffer is above its high-water mark); closing sends what is pending first.
+    the transport's flow control (it waits while the socket's buffer is above its high-water mark);
+    closing sends what is pending first.
     """
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
