@@ -282,6 +282,7 @@ class RabbitMQEventBus:
             while True:
                 attempt = asyncio.timeout_at(deadline)
                 self._attempts.add(attempt)
+                underlay = None
                 try:
                     async with attempt:
                         underlay = publisher.underlay
@@ -307,6 +308,13 @@ class RabbitMQEventBus:
                     if attempt.when() >= deadline:
                         raise
                     # cut short: the connection was lost (_on_connection_lost); try again on the next one
+                    publisher.underlay = None
+                except Exception as exc:
+                    # aiormq fails what waits on a channel that closed without a reason with a bare Exception
+                    # (its FutureStore.reject_all(None)): the connection went, as above. Anything else —
+                    # DeliveryError (a full queue refused it), a channel closed by the broker's error — is raised.
+                    if type(exc) is not Exception or underlay is None or not underlay.is_closed:
+                        raise
                     publisher.underlay = None
                 finally:
                     self._attempts.discard(attempt)
